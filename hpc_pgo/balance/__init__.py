@@ -1,0 +1,1 @@
+"""Modality balance: the contribution ratio rho and the modulation coefficient (Eq. 5-8)."""

@@ -1,0 +1,1 @@
+"""Configuration: compose base.yaml, config groups and key=value overrides; validate; parse fold ranges."""

@@ -1,0 +1,1 @@
+"""Engine: DeepSpeed set-up, the modulated optimizer step, checkpoints."""

@@ -1,0 +1,1 @@
+"""Launching: submitit executors (local, Slurm), checkpointable fold tasks, requeue."""
