@@ -38,6 +38,8 @@ test-fast: install
 	$(PY) -m pytest -m "not slurm and not slow"
 
 demo: install
+	test -f shards/demo/manifest.json || $(PY) -m hpc_pgo.data demo --out shards/demo
+	$(PY) -m hpc_pgo.data verify shards/demo
 	$(PY) launch/submit.py folds=0-14 --dry-run
 
 clean:

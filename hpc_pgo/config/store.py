@@ -1,0 +1,78 @@
+"""The resolved config beside a run's outputs (run_dir/config.yaml), and a digest to compare configs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from hpc_pgo.config.compose import load_yaml
+from hpc_pgo.errors import PgoError
+
+CONFIG_FILE = "config.yaml"
+
+# Keys that say where, how and which folds run, not what a fold computes: two configs that
+# differ only here train the same models, so a run may be resumed or extended across them.
+EXECUTION_KEYS = (
+    "name", "run_dir", "folds", "force", "wait", "cluster",
+    "train.num_workers", "train.checkpoint_every",
+)  # fmt: skip
+
+
+def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
+    """Write cfg, resolved, to run_dir/config.yaml atomically and return that path.
+
+    The YAML goes to a temporary file in run_dir (created if missing), is flushed to disk, then
+    renamed over config.yaml: a reader sees the old file or the new one, never a partial one, and
+    a failed write leaves no temporary file behind.
+    """
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    target = folder / CONFIG_FILE
+    handle, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{CONFIG_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_config(path: str | os.PathLike) -> DictConfig:
+    """A config written by save_config (a run directory or its config.yaml), in struct mode."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.is_file():
+        raise PgoError(f"no saved config at {path}; valid: a run directory holding {CONFIG_FILE}")
+    cfg = load_yaml(path)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def config_digest(cfg: DictConfig, exclude: Iterable[str] = EXECUTION_KEYS) -> str:
+    """SHA-256 (hex) of the resolved config without the `exclude` keys (dotted paths).
+
+    Canonical form: JSON with sorted keys and no whitespace, so the digest does not depend on
+    key order or formatting; 1 and 1.0 differ (an int and a float are different settings).
+    """
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for key in exclude:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

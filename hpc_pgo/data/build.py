@@ -1,0 +1,515 @@
+"""Build a cohort into WebDataset shards: validate the inputs, prepare the samples of each
+patient in worker processes, write them in order, then the manifest, then rename into place.
+
+Order of work, so that bad input fails before anything is written:
+1. read and check the survival table, the omics tables, the image folder and a split file;
+2. one task per patient (sorted ids); worker processes decode/tile images and encode every
+   field; `Pool.imap` hands the results back in task order, so the shards do not depend on
+   the number of workers (omics-only cohorts are encoded in-process: see write_shards);
+3. the samples go through webdataset.ShardWriter (fixed mtime, owner and mode: the same
+   inputs give byte-identical tars) into `.<out>.tmp-<pid>` beside the output directory;
+4. splits over the patients that made it into the shards, manifest.json, then rename.
+On any error the temporary directory is removed and nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+import hpc_pgo
+from hpc_pgo.data import images as image_units
+from hpc_pgo.data.cohort import OmicsGroup, load_omics, load_spec, load_survival, resolve_spec
+from hpc_pgo.data.shards import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    SHARD_GLOB,
+    SHARD_PATTERN,
+    shard_record,
+    write_manifest,
+)
+from hpc_pgo.data.splits import SPLITTERS, read_split_file, restrict, split_source
+from hpc_pgo.errors import PgoError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE_MB = 256
+DEFAULT_SHARD_MAX_COUNT = 10000
+# Tar member metadata fixed for reproducible shards (webdataset's TarWriter options).
+TAR_OPTIONS = {
+    "mtime": 0,
+    "user": "hpc_pgo",
+    "group": "hpc_pgo",
+    "mode": 0o444,
+    "format": "PAX_FORMAT",
+}  # PAX: no 100-character limit on member names
+
+
+def default_workers() -> int:
+    """Worker processes used when none is given: the CPUs, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# --------------------------------------------------------------------------- per-patient work
+
+
+@dataclass(frozen=True)
+class PatientTask:
+    """Everything a worker needs to produce the samples of one patient.
+
+    omics: group -> float32 vector, or None when the patient lacks that group;
+    unavailable: modality -> why it is missing; files: the patient's image files (sorted);
+    image_format: the cohort's image field ("png" | "jpg"); placeholder: the image of a
+    patient kept without one (missing: mask), None otherwise.
+    """
+
+    patient: str
+    time: float
+    event: int
+    omics: dict[str, np.ndarray | None]
+    sizes: dict[str, int]
+    unavailable: dict[str, str]
+    files: tuple[str, ...]
+    images: dict | None
+    missing: str
+    image_format: str | None = None
+    placeholder: bytes | None = None
+
+
+@dataclass
+class PatientResult:
+    """The encoded samples of one patient (in unit order) and what was dropped, with why."""
+
+    patient: str
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+
+
+def npy_bytes(vector: np.ndarray) -> bytes:
+    """A 1-D float32 vector as .npy bytes (numpy.save, allow_pickle=False)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(value: Mapping) -> bytes:
+    """Compact JSON with sorted keys (the same record gives the same bytes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def prepare_patient(task: PatientTask) -> PatientResult:
+    """Samples of one patient: one per image unit (one per patient without images).
+
+    Under `mask`, a missing omics group is stored as a zero vector and a missing image as one
+    sample (unit = the patient id) carrying a black placeholder image, each with mask 0
+    ({"<group>": 0|1, "image": 0|1}); under `drop`, or when nothing at all is available, the
+    patient is dropped with the reasons. Runs in worker processes: pure function of the task.
+    """
+    result = PatientResult(task.patient)
+    units: list[image_units.Unit] = []
+    unavailable = dict(task.unavailable)
+    if task.images is not None and task.files:
+        reasons = []
+        for path in map(Path, task.files):
+            found, reason = image_units.file_units(path, task.images, task.image_format)
+            units += found
+            if reason:
+                reasons.append(reason)
+                result.dropped.append(
+                    {
+                        "patient": task.patient,
+                        "unit": image_units.unit_name(path.stem),
+                        "reason": f"no image unit: {reason}",
+                    }
+                )
+        names = [u.name for u in units]
+        if len(set(names)) != len(names):
+            dup = sorted(n for n in set(names) if names.count(n) > 1)[0]
+            raise PgoError(
+                f"images of patient {task.patient!r}: two files give the unit name "
+                f"{dup!r} (names keep letters, digits, '-' and '_')"
+            )
+        if not units:
+            unavailable["image"] = "no image unit in its files"
+    available = [
+        m for m in (*task.omics, *(["image"] if task.images else [])) if m not in unavailable
+    ]
+    if unavailable and (task.missing == "drop" or not available):
+        why = "; ".join(f"{m} ({reason})" for m, reason in sorted(unavailable.items()))
+        result.dropped.append(
+            {"patient": task.patient, "unit": None, "reason": f"missing modality: {why}"}
+        )
+        return result
+    common: dict[str, Any] = {
+        f"{group}.npy": npy_bytes(vec if vec is not None else np.zeros(task.sizes[group]))
+        for group, vec in task.omics.items()
+    }
+    if task.missing == "mask":
+        mask = {m: int(m not in unavailable) for m in task.omics}
+        if task.images is not None:
+            mask["image"] = int("image" not in unavailable)
+        common["mask.json"] = json_bytes(mask)
+    for unit in sorted(units, key=lambda u: u.name) or [None]:
+        name = unit.name if unit else task.patient
+        sample = {
+            "__key__": f"{task.patient}__{name}",
+            **common,
+            "surv.json": json_bytes(
+                {"patient": task.patient, "unit": name, "time": task.time, "event": task.event}
+            ),
+        }
+        if unit:
+            sample[unit.ext] = unit.data
+            result.sizes.add(unit.size)
+        elif task.images is not None:
+            sample[task.image_format] = task.placeholder
+        result.samples.append(sample)
+    return result
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+_KEY_UNSAFE = re.compile(r"[./\s]")
+
+
+def _check_patient_ids(ids: Iterable[str], path: str) -> None:
+    """Patient ids become tar member names `<patient>__<unit>.<field>`: no '.', '/' or space."""
+    for pid in ids:
+        if _KEY_UNSAFE.search(pid):
+            raise PgoError(
+                f"survival table {path}: patient id {pid!r} contains '.', '/' or "
+                "white space, which WebDataset keys cannot hold; rename it"
+            )
+
+
+def _omics_vectors(
+    group: OmicsGroup, patients: Iterable[str]
+) -> dict[str, tuple[np.ndarray | None, str | None]]:
+    """Per patient: its float32 vector of the group, or None and why it is missing."""
+    values = group.values.to_numpy(dtype=np.float64)
+    row_of = {p: i for i, p in enumerate(group.values.index)}
+    out = {}
+    for patient in patients:
+        if patient not in row_of:
+            out[patient] = None, f"not in omics table {group.path}"
+            continue
+        row = values[row_of[patient]]
+        nan = int(np.isnan(row).sum())
+        out[patient] = (
+            (None, f"{nan} of {row.size} values missing (NaN) in {group.path}")
+            if nan
+            else (row.astype(np.float32), None)
+        )
+    return out
+
+
+@dataclass
+class Inputs:
+    """The checked inputs of a build: tasks in key order, early drops, and file splits."""
+
+    tasks: list[PatientTask]
+    groups: dict[str, OmicsGroup]
+    dropped: list[dict[str, Any]]
+    file_splits: list | None
+    image_format: str | None = None
+
+
+def gather_inputs(spec: Mapping) -> Inputs:
+    """Read and check every input of a resolved spec; nothing is written."""
+    tables: dict = {}
+    survival = load_survival(spec["survival"], tables)
+    _check_patient_ids(survival.index, spec["survival"]["path"])
+    groups = load_omics(spec["omics"], spec["survival"], tables)
+    images = spec["images"]
+    files = (
+        image_units.find_image_files(images["dir"], images["kind"], images["patient_regex"])
+        if images
+        else {}
+    )
+    file_splits = (
+        read_split_file(spec["splits"]["file"], survival.index)
+        if spec["splits"]["kind"] == "file"
+        else None
+    )
+    known = set(survival.index)
+    dropped = []
+    others = {p: f"omics table {g.path}" for g in groups.values() for p in g.values.index}
+    others.update({p: f"{len(f)} image files in {images['dir']}" for p, f in files.items()})
+    for patient in sorted(set(others) - known):
+        dropped.append(
+            {
+                "patient": patient,
+                "unit": None,
+                "reason": f"no survival record: in {others[patient]} only",
+            }
+        )
+    vectors = {name: _omics_vectors(g, survival.index) for name, g in groups.items()}
+    image_format = placeholder = None
+    if images:
+        all_files = [p for patient_files in files.values() for p in patient_files]
+        image_format = image_units.cohort_format(images, all_files)
+        if spec["missing"] == "mask":
+            size = image_units.unit_size(images, all_files[0])
+            placeholder = image_units.placeholder(image_format, size)
+    tasks = []
+    for patient, record in survival.iterrows():
+        omics, unavailable = {}, {}
+        for name in groups:
+            omics[name], why = vectors[name][patient]
+            if why:
+                unavailable[name] = why
+        if images and patient not in files:
+            unavailable["image"] = f"no image file in {images['dir']}"
+        tasks.append(
+            PatientTask(
+                patient=patient,
+                time=float(record["time"]),
+                event=int(record["event"]),
+                omics=omics,
+                sizes={n: len(g.columns) for n, g in groups.items()},
+                unavailable=unavailable,
+                files=tuple(str(p) for p in files.get(patient, ())),
+                images=images,
+                missing=spec["missing"],
+                image_format=image_format,
+                placeholder=placeholder,
+            )
+        )
+    return Inputs(tasks, groups, dropped, file_splits, image_format)
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse to replace anything but an empty directory or (with force) a shard set."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PgoError(f"output {out}: exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise PgoError(
+            f"output {out}: not empty and holds no shard set ({MANIFEST}); refusing to replace it"
+        )
+    if not force:
+        raise PgoError(f"output {out}: already holds a shard set; pass --force to replace it")
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing parents of `path`; returns them, deepest first (for cleanup)."""
+    created = []
+    for parent in [*reversed(path.parents)]:
+        if not parent.exists():
+            parent.mkdir()
+            created.append(parent)
+    return created[::-1]
+
+
+def _place(tmp: Path, out: Path) -> None:
+    """Move the finished shard set to `out`, replacing an old one (rename, rename, delete)."""
+    if out.exists() and any(out.iterdir()):
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _worker_init() -> None:
+    """Workers die on SIGTERM (Pool.terminate) whatever handler the parent installed."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _results(tasks: list[PatientTask], workers: int):
+    """Results of `prepare_patient` in task order, from `workers` processes (or in-process)."""
+    if workers <= 1:
+        yield from map(prepare_patient, tasks)
+        return
+    # fork: the workers inherit the imported modules instead of importing torch again each
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(workers, initializer=_worker_init) as pool:
+        yield from pool.imap(prepare_patient, tasks)  # imap: results in task order
+
+
+def _image_manifest(images: Mapping | None, fmt: str | None, sizes: set) -> dict | None:
+    """The manifest's `image` entry: field format, kind of unit, size when all units share it."""
+    if images is None:
+        return None
+    kind = "slides" if images["kind"] == "slides" else ("tiles" if images["tile"] else "rois")
+    return {
+        "format": fmt,
+        "kind": kind,
+        "size": list(next(iter(sizes))) if len(sizes) == 1 else None,
+    }
+
+
+def write_shards(
+    inputs: Inputs,
+    spec: Mapping,
+    directory: Path,
+    *,
+    workers: int,
+    progress: bool,
+    shard_size_mb: float,
+    shard_max_count: int,
+) -> dict:
+    """Write the samples of every task into `directory` and return the manifest."""
+    patients: dict[str, dict] = {}
+    dropped = list(inputs.dropped)
+    sizes: set = set()
+    units = 0
+    pattern = str(directory).replace("%", "%%") + "/" + SHARD_PATTERN
+    if spec["images"] is None:
+        # Without images a sample is a few .npy encodings (microseconds): shipping the vectors
+        # to a worker and the bytes back costs the main process more than encoding them.
+        workers = 1
+    bar = tqdm(
+        total=len(inputs.tasks),
+        unit="patient",
+        disable=not progress,
+        desc=f"pgo-shards build {spec['cohort']}",
+    )
+    with (
+        bar,
+        wds.ShardWriter(
+            pattern,
+            maxcount=shard_max_count,
+            maxsize=shard_size_mb * 2**20,
+            verbose=0,
+            encoder=False,
+            **TAR_OPTIONS,
+        ) as sink,
+    ):
+        for task, result in zip(inputs.tasks, _results(inputs.tasks, workers), strict=True):
+            for sample in result.samples:
+                sink.write(sample)
+            dropped += result.dropped
+            sizes |= result.sizes
+            if result.samples:
+                units += len(result.samples)
+                patients[task.patient] = {
+                    "units": len(result.samples),
+                    "time": task.time,
+                    "event": task.event,
+                }
+            bar.update()
+    if not patients:
+        raise PgoError(
+            f"cohort {spec['cohort']}: every patient was dropped "
+            f"({len(dropped)} entries, e.g. {dropped[0]['patient']}: "
+            f"{dropped[0]['reason']})"
+            if dropped
+            else f"cohort {spec['cohort']}: the survival table has no patient"
+        )
+    kept = set(patients)
+    splits = spec["splits"]
+    source = split_source(splits)
+    folds = (
+        restrict(inputs.file_splits, kept, source)
+        if inputs.file_splits is not None
+        else SPLITTERS[splits["kind"]](splits, sorted(kept))
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "cohort": spec["cohort"],
+        "created_by": f"hpc_pgo {hpc_pgo.__version__}",
+        "groups": {name: g.columns for name, g in inputs.groups.items()},
+        "genes": {name: g.genes for name, g in inputs.groups.items()},
+        "image": _image_manifest(spec["images"], inputs.image_format, sizes),
+        "counts": {
+            "patients": len(patients),
+            "units": units,
+            "events": sum(p["event"] for p in patients.values()),
+        },
+        "patients": patients,
+        "shards": [shard_record(p) for p in sorted(directory.glob(SHARD_GLOB))],
+        "splits": {"kind": splits["kind"], "source": source, "folds": folds},
+        "dropped": sorted(dropped, key=lambda d: (d["patient"], d["unit"] or "")),
+        "missing": spec["missing"],
+        "spec": dict(spec),
+    }
+
+
+def build_cohort(
+    spec: Mapping | Path | str,
+    out_dir: Path | str,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    force: bool = False,
+    shard_size_mb: float = DEFAULT_SHARD_SIZE_MB,
+    shard_max_count: int = DEFAULT_SHARD_MAX_COUNT,
+) -> dict:
+    """Build the cohort described by `spec` (a dict, or a YAML file) into `out_dir`.
+
+    Returns the manifest (also written as out_dir/manifest.json). Deterministic: the same
+    inputs give byte-identical shards and manifest, whatever `workers` is. Shards hold at most
+    `shard_max_count` samples and close once they pass `shard_size_mb` MiB. An existing
+    shard set at `out_dir` is replaced only with `force`. Raises PgoError on bad input, and
+    then leaves nothing at `out_dir`.
+    """
+    spec = load_spec(spec) if isinstance(spec, str | Path) else resolve_spec(spec, Path.cwd())
+    out = Path(out_dir).expanduser().resolve()
+    spec["cohort"] = spec["cohort"] or out.name
+    if shard_size_mb <= 0 or shard_max_count < 1:
+        raise PgoError(
+            f"shard limits: size {shard_size_mb} MB and count {shard_max_count} must be positive"
+        )
+    workers = default_workers() if workers is None else workers
+    check_output_dir(out, force)
+    inputs = gather_inputs(spec)
+    created = _make_parents(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
+    tmp.mkdir()
+    try:
+        manifest = write_shards(
+            inputs,
+            spec,
+            tmp,
+            workers=workers,
+            progress=progress,
+            shard_size_mb=shard_size_mb,
+            shard_max_count=shard_max_count,
+        )
+        write_manifest(tmp, manifest)
+        _place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+    c = manifest["counts"]
+    log.info(
+        "built %s: %d patients, %d units, %d shards, %d dropped",
+        out,
+        c["patients"],
+        c["units"],
+        len(manifest["shards"]),
+        len(manifest["dropped"]),
+    )
+    return manifest

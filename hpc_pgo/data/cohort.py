@@ -1,0 +1,613 @@
+"""The cohort spec (what `pgo-shards build` reads) and the import of survival and omics tables.
+
+A cohort spec is a small dict (YAML on disk; format in shards/README.md) with the sections
+`cohort`, `survival`, `omics`, `images`, `splits` and `missing`. `resolve_spec` validates it,
+fills the defaults and makes every path absolute, so that the build and the manifest see one
+explicit form. Tables are CSV or TSV, optionally gzipped; conventions:
+
+- time: survival or follow-up time in the table's unit (months in TCGA and Pathomic Fusion);
+  finite and >= 0.
+- event: 1 = death observed, 0 = censored. A censorship column (1 = censored) is flipped
+  explicitly: event = 1 - censorship.
+- omics: float features per group (e.g. cnv, mut, rna), columns selected by suffix, prefix,
+  regex or an explicit list, in table order.
+
+Several rows of one patient (one row per slide or per ROI in the real layouts) are collapsed
+when they agree; rows that disagree are an error naming both lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from hpc_pgo.errors import PgoError
+
+log = logging.getLogger(__name__)
+
+SPEC_KEYS = ("cohort", "survival", "omics", "images", "splits", "missing")
+MISSING_POLICIES = ("drop", "mask")
+SPLIT_KINDS = ("file", "random", "kfold")
+IMAGE_KINDS = ("rois", "slides")
+SAME_TABLE = "same"  # omics path meaning "the survival table"
+
+
+# --------------------------------------------------------------------------- spec validation
+
+
+def _check_keys(section: Mapping, valid: tuple[str, ...], where: str) -> None:
+    """Reject keys outside `valid` (catches typos that would otherwise be ignored)."""
+    for key in section:
+        if key not in valid:
+            raise PgoError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def _mapping(value: Any, where: str) -> dict:
+    """A copy of `value` without the keys set to None (None means "not given", the default)."""
+    if not isinstance(value, Mapping):
+        raise PgoError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise PgoError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _path(value: Any, base: Path, where: str) -> str:
+    """Absolute path of `value`, relative paths taken from `base` (the spec file's directory)."""
+    p = Path(_string(value, where)).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _integer(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PgoError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
+        raise PgoError(f"{where}: expected a number in ({low}, {high}), got {value!r}")
+    return float(value)
+
+
+def _resolve_survival(raw: Any, base: Path) -> dict:
+    s = _mapping(raw, "survival")
+    _check_keys(s, ("path", "patient", "time", "event", "censorship"), "survival")
+    for key in ("path", "patient", "time"):
+        if key not in s:
+            raise PgoError(f"survival: missing key {key!r} (path, patient, time, event|censorship)")
+    has_event, has_cens = s.get("event") is not None, s.get("censorship") is not None
+    if has_event == has_cens:
+        raise PgoError(
+            "survival: give exactly one of 'event' (1 = death observed) or "
+            "'censorship' (1 = censored, flipped to event = 1 - censorship)"
+        )
+    return {
+        "path": _path(s["path"], base, "survival.path"),
+        "patient": _string(s["patient"], "survival.patient"),
+        "time": _string(s["time"], "survival.time"),
+        "event": _string(s["event"], "survival.event") if has_event else None,
+        "censorship": _string(s["censorship"], "survival.censorship") if has_cens else None,
+    }
+
+
+SELECTOR_KINDS = ("suffix", "prefix", "regex", "columns")
+
+
+def _resolve_selector(raw: Any, where: str) -> dict:
+    sel = _mapping(raw, where)
+    if len(sel) != 1 or next(iter(sel)) not in SELECTOR_KINDS:
+        raise PgoError(
+            f"{where}: expected exactly one selector of {', '.join(SELECTOR_KINDS)}, got {sel!r}"
+        )
+    kind, value = next(iter(sel.items()))
+    if kind == "columns":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+            raise PgoError(f"{where}.columns: expected a non-empty list of column names")
+        return {"columns": list(value)}
+    if kind == "regex":
+        try:
+            re.compile(_string(value, f"{where}.regex"))
+        except re.error as exc:
+            raise PgoError(f"{where}.regex: invalid regular expression {value!r}: {exc}") from None
+    return {kind: _string(value, f"{where}.{kind}")}
+
+
+def _resolve_omics(raw: Any, base: Path, survival: dict) -> list[dict]:
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):  # one table written without the list
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise PgoError(f"omics: expected a list of tables, got {raw!r}")
+    tables, seen = [], set()
+    for i, entry in enumerate(raw):
+        where = f"omics[{i}]"
+        t = _mapping(entry, where)
+        _check_keys(t, ("path", "patient", "groups"), where)
+        if "path" not in t or "groups" not in t:
+            raise PgoError(f"{where}: needs 'path' (a table or {SAME_TABLE!r}) and 'groups'")
+        path = (
+            survival["path"] if t["path"] == SAME_TABLE else _path(t["path"], base, f"{where}.path")
+        )
+        groups = _mapping(t["groups"], f"{where}.groups")
+        if not groups:
+            raise PgoError(f"{where}.groups: empty; give e.g. cnv: {{suffix: _cnv}}")
+        resolved = {}
+        for name, sel in groups.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise PgoError(f"{where}.groups: group name {name!r} must match [a-z][a-z0-9_]*")
+            if name in seen or name in ("image", "surv", "mask"):
+                raise PgoError(f"{where}.groups: group name {name!r} is used twice or reserved")
+            seen.add(name)
+            resolved[name] = _resolve_selector(sel, f"{where}.groups.{name}")
+        patient = t.get("patient", survival["patient"])
+        tables.append(
+            {"path": path, "patient": _string(patient, f"{where}.patient"), "groups": resolved}
+        )
+    return tables
+
+
+def _resolve_images(raw: Any, base: Path) -> dict | None:
+    if raw is None:
+        return None
+    im = _mapping(raw, "images")
+    _check_keys(im, ("kind", "dir", "patient_regex", "tile", "slides"), "images")
+    kind = im.get("kind", "rois")
+    if kind not in IMAGE_KINDS:
+        raise PgoError(f"images.kind: {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
+    if "dir" not in im:
+        raise PgoError("images: missing key 'dir' (the folder of ROI images or slides)")
+    regex = im.get("patient_regex", r"^(?P<patient>.+?)_")
+    try:
+        compiled = re.compile(_string(regex, "images.patient_regex"))
+    except re.error as exc:
+        raise PgoError(
+            f"images.patient_regex: invalid regular expression {regex!r}: {exc}"
+        ) from None
+    if "patient" not in compiled.groupindex:
+        raise PgoError(f"images.patient_regex: {regex!r} needs a named group (?P<patient>...)")
+    out: dict[str, Any] = {
+        "kind": kind,
+        "dir": _path(im["dir"], base, "images.dir"),
+        "patient_regex": regex,
+        "tile": None,
+        "slides": None,
+    }
+    if kind == "rois" and im.get("tile") is not None:
+        tile = _mapping(im["tile"], "images.tile")
+        _check_keys(tile, ("size", "stride"), "images.tile")
+        size = _integer(tile.get("size"), "images.tile.size", 1)
+        out["tile"] = {
+            "size": size,
+            "stride": _integer(tile.get("stride", size), "images.tile.stride", 1),
+        }
+    if kind == "rois" and im.get("slides") is not None:
+        raise PgoError("images.slides: only valid with images.kind: slides")
+    if kind == "slides":
+        if im.get("tile") is not None:
+            raise PgoError(
+                "images.tile: only valid with images.kind: rois (slides use images.slides)"
+            )
+        raw_slides = im.get("slides") or {}
+        sl = _mapping(raw_slides, "images.slides")
+        keys = ("magnification", "tile_size", "max_tiles", "tissue_threshold")
+        _check_keys(sl, keys, "images.slides")
+        # magnification: null (written out) means level 0 as scanned; absent means 20x
+        native = "magnification" in raw_slides and raw_slides["magnification"] is None
+        mag = None if native else sl.get("magnification", 20)
+        if not native and (isinstance(mag, bool) or not isinstance(mag, int | float) or mag <= 0):
+            raise PgoError(
+                f"images.slides.magnification: expected a number > 0 or null (level "
+                f"0 as scanned), got {mag!r}"
+            )
+        out["slides"] = {
+            "magnification": mag,
+            "tile_size": _integer(sl.get("tile_size", 256), "images.slides.tile_size", 1),
+            "max_tiles": _integer(sl.get("max_tiles", 64), "images.slides.max_tiles", 1),
+            "tissue_threshold": _number(
+                sl.get("tissue_threshold", 0.5), "images.slides.tissue_threshold", -1e-9, 1 + 1e-9
+            ),
+        }
+    return out
+
+
+def _resolve_splits(raw: Any, base: Path) -> dict:
+    sp = _mapping(raw if raw is not None else {}, "splits")
+    _check_keys(sp, ("kind", "n", "test_fraction", "seed", "file"), "splits")
+    kind = sp.get("kind", "random")
+    if kind not in SPLIT_KINDS:
+        raise PgoError(f"splits.kind: {kind!r} is not one of {', '.join(SPLIT_KINDS)}")
+    out: dict[str, Any] = {
+        "kind": kind,
+        "n": None,
+        "test_fraction": None,
+        "seed": None,
+        "file": None,
+    }
+    if kind == "file":
+        f = _mapping(sp.get("file"), "splits.file")
+        _check_keys(f, ("path", "patient", "columns", "train", "test"), "splits.file")
+        if "path" not in f:
+            raise PgoError("splits.file: missing key 'path' (the split table)")
+        columns = _string(f.get("columns", "Randomization - {k}"), "splits.file.columns")
+        if "{k}" not in columns:
+            raise PgoError(f"splits.file.columns: {columns!r} must contain {{k}} (split 1, 2, ...)")
+        out["file"] = {
+            "path": _path(f["path"], base, "splits.file.path"),
+            "patient": None
+            if f.get("patient") is None
+            else _string(f["patient"], "splits.file.patient"),
+            "columns": columns,
+            "train": str(f.get("train", "Train")),
+            "test": str(f.get("test", "Test")),
+        }
+        return out
+    out["seed"] = _integer(sp.get("seed", 0), "splits.seed", 0)
+    if kind == "random":
+        out["n"] = _integer(sp.get("n", 15), "splits.n", 1)
+        out["test_fraction"] = _number(sp.get("test_fraction", 0.2), "splits.test_fraction", 0, 1)
+    else:
+        out["n"] = _integer(sp.get("n", 5), "splits.n", 2)
+    return out
+
+
+def resolve_spec(raw: Mapping, base_dir: Path | str = ".") -> dict:
+    """Validate a cohort spec, fill its defaults and make its paths absolute.
+
+    `base_dir` is where relative paths start (the spec file's directory). Returns a new dict
+    with every key present (absent options are None). Raises PgoError naming the key.
+    """
+    base = Path(base_dir).expanduser().resolve()
+    spec = _mapping(raw, "cohort spec")
+    _check_keys(spec, SPEC_KEYS, "cohort spec")
+    if "survival" not in spec:
+        raise PgoError("cohort spec: missing section 'survival' (path, patient, time, event)")
+    survival = _resolve_survival(spec["survival"], base)
+    omics = _resolve_omics(spec.get("omics"), base, survival)
+    images = _resolve_images(spec.get("images"), base)
+    if not omics and images is None:
+        raise PgoError("cohort spec: no modality; give 'omics' tables and/or 'images'")
+    missing = spec.get("missing", "drop")
+    if missing not in MISSING_POLICIES:
+        raise PgoError(f"missing: {missing!r} is not one of {', '.join(MISSING_POLICIES)}")
+    cohort = spec.get("cohort")
+    if cohort is not None:
+        cohort = _string(cohort, "cohort")
+    return {
+        "cohort": cohort,
+        "survival": survival,
+        "omics": omics,
+        "images": images,
+        "splits": _resolve_splits(spec.get("splits"), base),
+        "missing": missing,
+    }
+
+
+def load_spec(path: Path | str) -> dict:
+    """Read a YAML cohort spec and resolve it (relative paths from the file's directory)."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PgoError(f"cohort spec {path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        why = " ".join(str(exc).split())
+        raise PgoError(f"cohort spec {path}: not valid YAML: {why}") from None
+    try:
+        return resolve_spec(raw if raw is not None else {}, path.parent)
+    except PgoError as exc:
+        raise PgoError(f"cohort spec {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _shown(value: Any) -> str:
+    """repr of a table cell as the user wrote it (numpy scalars as plain Python numbers)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _line(index: int) -> int:
+    """File line of data row `index` (0-based) in a table with one header line."""
+    return index + 2
+
+
+def _separator(path: Path) -> str:
+    """Tab for .tsv/.tab/.txt (optionally .gz), comma otherwise."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return "\t" if name.endswith((".tsv", ".tab", ".txt")) else ","
+
+
+def table_columns(path: Path | str, what: str) -> list[str]:
+    """The header of a CSV/TSV table."""
+    path = Path(path)
+    if not path.is_file():
+        raise PgoError(f"{what} table {path}: file not found")
+    try:
+        return [str(c) for c in pd.read_csv(path, sep=_separator(path), nrows=0).columns]
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        EOFError,
+    ) as exc:
+        raise PgoError(f"{what} table {path}: cannot parse: {' '.join(str(exc).split())}") from None
+
+
+def read_table(path: Path | str, patient: str, what: str) -> pd.DataFrame:
+    """Read a CSV/TSV (optionally .gz) table with its patient-id column as strings.
+
+    TSV is chosen by the extension (.tsv, .tab, .txt, each optionally .gz); otherwise CSV.
+    The index is 0..n-1 (data row order), which `_line` maps to file lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PgoError(f"{what} table {path}: file not found")
+    try:
+        table = pd.read_csv(
+            path, sep=_separator(path), dtype={patient: str}, keep_default_na=True, low_memory=False
+        )
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        EOFError,
+    ) as exc:
+        raise PgoError(f"{what} table {path}: cannot parse: {' '.join(str(exc).split())}") from None
+    if patient not in table.columns:
+        cols = ", ".join(map(repr, list(table.columns[:8])))
+        raise PgoError(f"{what} table {path}: no patient column {patient!r}; columns start {cols}")
+    ids = table[patient]
+    bad = ids.isna() | (ids.astype(str).str.strip() == "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise PgoError(
+            f"{what} table {path} line {_line(i)}: missing patient id in column "
+            f"{patient!r} ({int(bad.sum())} rows lack one)"
+        )
+    table[patient] = ids.astype(str).str.strip()
+    return table.reset_index(drop=True)
+
+
+def _require_column(table: pd.DataFrame, column: str, path: str, what: str) -> pd.Series:
+    if column not in table.columns:
+        raise PgoError(f"{what} table {path}: no column {column!r}")
+    return table[column]
+
+
+def _as_numbers(col: pd.Series, path: str, what: str, valid: str) -> np.ndarray:
+    """float64 values of `col`; a cell that is present but not a number is an error naming it."""
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(col, errors="coerce")
+    bad = numbers.isna() & col.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise PgoError(
+            f"{what} table {path} line {_line(i)} column {col.name!r}: value "
+            f"{_shown(col.iloc[i])} is not a number ({valid})"
+        )
+    return numbers.to_numpy(dtype=np.float64)
+
+
+def _collapse(
+    table: pd.DataFrame, patient: str, values: list[str], path: str, what: str
+) -> pd.DataFrame:
+    """One row per patient: rows of one patient must agree on `values` (NaN equals NaN).
+
+    Returns the first row of each patient, indexed by patient id and sorted by it.
+    """
+    dup = table[patient].duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = table.loc[dup, [patient, *values]]
+        for pid, group in rows.groupby(patient, sort=True):
+            arr = group[values].to_numpy(dtype=np.float64)
+            same = (arr == arr[0]) | (np.isnan(arr) & np.isnan(arr[0]))
+            if not same.all():
+                j, c = (int(a[0]) for a in np.nonzero(~same))
+                raise PgoError(
+                    f"{what} table {path}: patient {pid!r} has rows that disagree (lines "
+                    f"{_line(group.index[0])} and {_line(group.index[j])}, column "
+                    f"{values[c]!r}: {_shown(arr[0, c])} vs {_shown(arr[j, c])}); rows of one "
+                    "patient must agree"
+                )
+        log.info(
+            "%s table %s: collapsed %d rows of %d patients with several rows",
+            what,
+            path,
+            int(dup.sum()),
+            rows[patient].nunique(),
+        )
+    out = table.drop_duplicates(patient, keep="first").set_index(patient)[values]
+    return out.sort_index()
+
+
+def load_survival(section: Mapping, tables: dict | None = None) -> pd.DataFrame:
+    """Survival records, one per patient: DataFrame indexed by patient id (sorted) with
+    `time` (float64, >= 0, table units) and `event` (int64, 1 = death observed, 0 = censored).
+
+    `tables` caches read tables by (path, patient column) so a shared table is read once.
+    """
+    path, pcol = section["path"], section["patient"]
+    table = _cached_table(tables, path, pcol, "survival")
+    time = _as_numbers(
+        _require_column(table, section["time"], path, "survival"),
+        path,
+        "survival",
+        "time must be a number >= 0",
+    )
+    bad = ~np.isfinite(time) | (time < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise PgoError(
+            f"survival table {path} line {_line(i)} column {section['time']!r}: time "
+            f"{_shown(table[section['time']].iloc[i])} for patient "
+            f"{_shown(table[pcol].iloc[i])} "
+            f"is not a finite number >= 0 ({int(bad.sum())} such rows)"
+        )
+    flag_col = section["event"] or section["censorship"]
+    meaning = (
+        "event: 1 = death observed, 0 = censored"
+        if section["event"]
+        else "censorship: 1 = censored, 0 = death observed"
+    )
+    flag = _as_numbers(
+        _require_column(table, flag_col, path, "survival"),
+        path,
+        "survival",
+        f"valid: 0 or 1; {meaning}",
+    )
+    bad = ~np.isin(flag, (0.0, 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise PgoError(
+            f"survival table {path} line {_line(i)} column {flag_col!r}: value "
+            f"{_shown(table[flag_col].iloc[i])} is not 0 or 1 ({meaning})"
+        )
+    event = flag.astype(np.int64) if section["event"] else 1 - flag.astype(np.int64)
+    records = pd.DataFrame({pcol: table[pcol], "time": time, "event": event}, index=table.index)
+    out = _collapse(records, pcol, ["time", "event"], path, "survival")
+    out.index.name = "patient"
+    return out
+
+
+def _cached_table(tables: dict | None, path: str, patient: str, what: str) -> pd.DataFrame:
+    if tables is None:
+        return read_table(path, patient, what)
+    key = (path, patient)
+    if key not in tables:
+        tables[key] = read_table(path, patient, what)
+    return tables[key]
+
+
+# Column selectors: name -> (selector value, column name) -> selected?
+SELECTORS: dict[str, Callable[[Any, str], bool]] = {
+    "suffix": lambda value, col: col.endswith(value) and col != value,
+    "prefix": lambda value, col: col.startswith(value) and col != value,
+    "regex": lambda value, col: re.search(value, col) is not None,
+    "columns": lambda value, col: col in value,
+}
+
+
+def strip_selector(selector: Mapping, column: str) -> str:
+    """Feature (gene) name of a column: the suffix or prefix that selected it stripped."""
+    if "suffix" in selector:
+        return column[: -len(selector["suffix"])]
+    if "prefix" in selector:
+        return column[len(selector["prefix"]) :]
+    return column
+
+
+def select_columns(columns: list[str], selector: Mapping, where: str) -> list[str]:
+    """Columns picked by a group selector, in table order (explicit lists in their own order).
+
+    An explicit column that is absent, or a selector matching nothing, is an error.
+    """
+    kind, value = next(iter(selector.items()))
+    if kind == "columns":
+        missing = [c for c in value if c not in columns]
+        if missing:
+            raise PgoError(
+                f"{where}: {len(missing)} listed columns are not in the table, e.g. "
+                f"{', '.join(map(repr, missing[:5]))}"
+            )
+        if len(set(value)) != len(value):
+            raise PgoError(f"{where}: the column list names a column twice")
+        return list(value)
+    chosen = [c for c in columns if SELECTORS[kind](value, c)]
+    if not chosen:
+        raise PgoError(f"{where}: {kind} {value!r} selects no column; a group needs at least one")
+    return chosen
+
+
+@dataclass(frozen=True)
+class OmicsGroup:
+    """One omics group: `values` (patients x features, float64; NaN = not measured), its
+    column names in order, the feature (gene) names, and the table it came from."""
+
+    name: str
+    values: pd.DataFrame
+    columns: list[str]
+    genes: list[str]
+    path: str
+
+
+def load_omics(
+    tables_spec: list[Mapping], survival: Mapping, tables: dict | None = None
+) -> dict[str, OmicsGroup]:
+    """Every omics group of the spec, in spec order, one row per patient (sorted ids).
+
+    Columns of the survival record (patient, time, event) never join a group. Non-numeric or
+    infinite values are errors naming file, line and column; NaN means not measured.
+    """
+    groups: dict[str, OmicsGroup] = {}
+    for t in tables_spec:
+        path, pcol = t["path"], t["patient"]
+        table = _cached_table(tables, path, pcol, "omics")
+        reserved = {pcol}
+        if path == survival["path"]:
+            reserved |= {
+                survival["patient"],
+                survival["time"],
+                survival["event"] or survival["censorship"],
+            }
+        candidates = [str(c) for c in table.columns if c not in reserved]
+        owner: dict[str, str] = {}
+        for name, selector in t["groups"].items():
+            where = f"omics table {path} group {name!r}"
+            cols = select_columns(candidates, selector, where)
+            for c in cols:
+                if c in owner:
+                    raise PgoError(
+                        f"{where}: column {c!r} is also selected by group "
+                        f"{owner[c]!r}; each column belongs to one group"
+                    )
+                owner[c] = name
+            block = table[cols]
+            # numbers straight through; only text columns are parsed cell by cell
+            text = [
+                c
+                for c, dtype in block.dtypes.items()
+                if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+            ]
+            if text:
+                block = block.assign(
+                    **{
+                        c: _as_numbers(
+                            block[c], path, "omics", f"omics group {name!r} must be numeric"
+                        )
+                        for c in text
+                    }
+                )
+            frame = pd.DataFrame(
+                block.to_numpy(dtype=np.float64, na_value=np.nan), index=table.index, columns=cols
+            )
+            finite = np.isfinite(frame.to_numpy()) | frame.isna().to_numpy()
+            if not finite.all():
+                i, j = (int(a[0]) for a in np.nonzero(~finite))
+                raise PgoError(
+                    f"omics table {path} line {_line(i)} column {cols[j]!r}: value "
+                    f"{_shown(frame.iat[i, j])} is not finite (group {name!r})"
+                )
+            frame.insert(0, pcol, table[pcol])
+            values = _collapse(frame, pcol, cols, path, "omics")
+            values.index.name = "patient"
+            genes = [strip_selector(selector, c) for c in cols]
+            groups[name] = OmicsGroup(name, values, cols, genes, path)
+    return groups

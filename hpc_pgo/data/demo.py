@@ -1,0 +1,427 @@
+"""The demo cohort: a documented generative model of patients with omics, H&E-like ROIs and survival.
+
+`write_demo_cohort(out_dir)` writes a complete cohort that `pgo-shards build` reads through the
+`cohort.yaml` it writes beside the data. Everything is drawn from one seed; the same arguments give
+byte-identical files.
+
+Files (in out_dir)
+------------------
+- ``clinical.csv``: patient, time (months), event (1 = death observed, 0 = censored)
+- ``omics.csv``: patient, ``<GENE>_cnv`` (GISTIC-like integers -2..2), ``<GENE>_mut`` (0/1),
+  ``<GENE>_rnaseq`` (non-negative TPM-like expression, log-normal)
+- ``rois/<patient>_<k>.png``: RGB H&E-like regions of interest, k = 0 .. rois_per_patient-1
+- ``truth.csv``: patient, theta (true log hazard), theta_omics, theta_image (its two parts),
+  omics_score, image_score (the standardised latent scores), event_time, censor_time (months;
+  ``inf`` when censoring = 0)
+- ``cohort.yaml``: the cohort spec (survival, omics groups cnv/mut/rna, images kind rois,
+  random splits 15 x 80/20 seeded with `seed`), written last
+
+Names: patients are ``DEMO-0001`` ... (4 digits, more above 9999 patients; no underscore, so
+the spec's patient_regex ``^(?P<patient>.+?)_`` maps ``DEMO-0001_1.png`` to ``DEMO-0001``).
+Genes are synthetic symbols ``G0001``, ``G0002``, ...; CNV covers G0001..G{n_cnv}, mutations
+G0001..G{n_mut}, RNA G0001..G{n_rna} (the same symbol in two modalities is the same gene, driven
+by the same program). They match no real gene vocabulary: a real scGPT checkpoint's vocab will
+not know them (the tests' tiny checkpoint can).
+
+Generative model
+----------------
+Latent genomic factors ("programs"), K = 4::
+
+    z_i ~ N(0, I_K)
+
+Every feature j of each modality is tied to one program p_j (drawn uniformly) with loading
+a_j = s_j * U(0.6, 1.2), s_j = +-1, for a random 50% of features ("drivers"); a_j = 0 otherwise.
+With e ~ N(0, 1) independent noise::
+
+    CNV:  c_ij = a_j z_{i,p_j} + 0.8 e_ij,     cnv_ij = digitize(c_ij, [-2, -0.9, 0.9, 2]) - 2
+    mut:  P(mut_ij = 1) = sigmoid(b_j + 1.5 a_j z_{i,p_j}),   b_j ~ U(logit 0.03, logit 0.2)
+    RNA:  l_ij = mu_j + a_j z_{i,p_j} + 0.5 e_ij,  mu_j ~ N(2.5, 1),  rnaseq_ij = exp(l_ij) > 0
+
+The omics part of the risk (unit variance by construction, program 4 carries no risk)::
+
+    g_i = beta . z_i / |beta|,   beta = (1.0, -0.8, 0.6, 0.0)
+
+Latent image factor u_i ~ N(0, 1), independent of z. ROI k of patient i, with eta ~ N(0, 1)::
+
+    nuclei density  d_ik = 5.5 exp(0.35 u_i + 0.15 eta_ik)   per 1000 px^2
+    nuclei count    n_ik ~ Poisson(d_ik * S^2 / 1000)          (S = image_size, px)
+    nucleus radius  r_ikn = 3.0 exp(0.15 u_i + 0.05 eta'_ik + 0.15 nu_ikn) px
+    shape           ellipse, axis ratio U(0.6, 1), angle U(0, pi), centre uniform
+
+so higher-risk patients have denser, larger nuclei (as in high-grade tumours). The pixel scale is
+fixed: a larger image_size is a larger field of view, not a magnification.
+
+True log hazard (higher = worse)::
+
+    theta_i = genomic_strength * g_i + image_strength * u_i
+
+Survival: Weibull proportional hazards with shape k and baseline scale lambda0 = 60 months,
+h(t | theta) = (k / lambda0) (t / lambda0)^(k-1) exp(theta), drawn by inversion with
+V ~ U(0, 1)::
+
+    T_i = lambda0 exp(-theta_i / k) (-log V_i)^(1/k)
+
+Censoring is independent of each patient's risk and event time: C_i = E_i / r, E_i ~ Exp(1)
+drawn on their own, so C_i ~ Exponential(rate r). The one cohort-wide rate r is set so that
+exactly round(censoring * N) patients are censored (patient i is censored iff r > E_i / T_i; r is
+the geometric mean of the two sorted ratios E/T around that count), which keeps the censored
+fraction on target in a cohort of 150. Observed: time_i = min(T_i, C_i), event_i = 1[T_i <= C_i].
+
+Randomness is split into independent streams (model parameters, latents, images, survival), so
+changing image_size or rois_per_patient leaves the omics, truth and clinical tables unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image, ImageDraw, ImageFilter
+
+from hpc_pgo.errors import PgoError
+
+log = logging.getLogger(__name__)
+
+PATIENT_PREFIX = "DEMO-"
+N_PROGRAMS = 4
+RISK_WEIGHTS = np.array([1.0, -0.8, 0.6, 0.0])  # beta: program 4 varies the omics without risk
+DRIVER_FRACTION = 0.5
+BASELINE_SCALE_MONTHS = 60.0  # lambda0
+
+# ROI appearance (see the module docstring for the formulas these constants enter).
+NUCLEI_PER_1000PX2 = 5.5
+DENSITY_RISK_SLOPE = 0.35
+DENSITY_ROI_NOISE = 0.15
+NUCLEUS_RADIUS_PX = 3.0
+RADIUS_RISK_SLOPE = 0.15
+RADIUS_ROI_NOISE = 0.05
+RADIUS_NUCLEUS_NOISE = 0.15
+STROMA_RGB = np.array([236.0, 178.0, 208.0])  # eosin pink
+NUCLEUS_RGB = np.array([88.0, 46.0, 138.0])  # haematoxylin purple
+FIBER_RGB = np.array([214.0, 128.0, 170.0])
+_ELLIPSE_VERTICES = 16
+
+_DEMO_ROI_NAME = re.compile(r"^DEMO-\d+_\d+\.png$")
+
+
+def write_demo_cohort(
+    out_dir: Path,
+    *,
+    n_patients: int = 150,
+    rois_per_patient: int = 2,
+    image_size: int = 96,
+    n_cnv: int = 60,
+    n_mut: int = 20,
+    n_rna: int = 120,
+    genomic_strength: float = 1.0,
+    image_strength: float = 0.6,
+    weibull_shape: float = 1.2,
+    censoring: float = 0.35,
+    seed: int = 0,
+) -> Path:
+    """Simulate the demo cohort into out_dir and return the path of its cohort.yaml.
+
+    Defaults: 150 patients x 2 ROIs of 96 x 96 px, 60 CNV + 20 mutation + 120 RNA features, the
+    genomic signal stronger than the image one (1.0 vs 0.6 on standardised scores), Weibull shape
+    1.2, ~35% censored. See the module docstring for the model. Files are written atomically;
+    cohort.yaml is written last. Stale demo ROIs (``DEMO-*_*.png``) left in out_dir/rois by an
+    earlier, larger run are removed so the builder does not pick them up.
+    """
+    _check_options(
+        n_patients=n_patients,
+        rois_per_patient=rois_per_patient,
+        image_size=image_size,
+        n_cnv=n_cnv,
+        n_mut=n_mut,
+        n_rna=n_rna,
+        genomic_strength=genomic_strength,
+        image_strength=image_strength,
+        weibull_shape=weibull_shape,
+        censoring=censoring,
+        seed=seed,
+    )
+    out_dir = Path(out_dir)
+    params_ss, latent_ss, image_ss, surv_ss = np.random.SeedSequence(seed).spawn(4)
+    width = max(4, len(str(n_patients)))  # zero-padded: ids sort in simulation order
+    patients = [f"{PATIENT_PREFIX}{i + 1:0{width}d}" for i in range(n_patients)]
+
+    latent_rng = np.random.default_rng(latent_ss)
+    z = latent_rng.standard_normal((n_patients, N_PROGRAMS))
+    u = latent_rng.standard_normal(n_patients)
+    omics = simulate_omics(
+        z, n_cnv=n_cnv, n_mut=n_mut, n_rna=n_rna, rng=np.random.default_rng(params_ss)
+    )
+    omics_score = z @ RISK_WEIGHTS / np.linalg.norm(RISK_WEIGHTS)
+    theta = genomic_strength * omics_score + image_strength * u
+    event_time, censor_time = simulate_survival(
+        theta, weibull_shape, censoring, np.random.default_rng(surv_ss)
+    )
+    time = np.minimum(event_time, censor_time)
+    event = (event_time <= censor_time).astype(int)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    roi_dir = out_dir / "rois"
+    roi_dir.mkdir(exist_ok=True)
+    written = set()
+    for i, (patient, patient_ss) in enumerate(
+        zip(patients, image_ss.spawn(n_patients), strict=True)
+    ):
+        rng = np.random.default_rng(patient_ss)
+        for k in range(rois_per_patient):
+            name = f"{patient}_{k}.png"
+            _write_atomic(roi_dir / name, _png_bytes(render_roi(u[i], image_size, rng)))
+            written.add(name)
+    _remove_stale_rois(roi_dir, written)
+
+    clinical = pd.DataFrame({"patient": patients, "time": time, "event": event})
+    omics.insert(0, "patient", patients)
+    truth = pd.DataFrame(
+        {
+            "patient": patients,
+            "theta": theta,
+            "theta_omics": genomic_strength * omics_score,
+            "theta_image": image_strength * u,
+            "omics_score": omics_score,
+            "image_score": u,
+            "event_time": event_time,
+            "censor_time": censor_time,
+        }
+    )
+    _write_atomic(out_dir / "clinical.csv", _csv_bytes(clinical, "%.4f"))
+    _write_atomic(out_dir / "omics.csv", _csv_bytes(omics, "%.4f"))
+    _write_atomic(out_dir / "truth.csv", _csv_bytes(truth, "%.6f"))
+    spec_path = out_dir / "cohort.yaml"
+    _write_atomic(spec_path, yaml.safe_dump(demo_spec(seed), sort_keys=False).encode())
+    log.info(
+        "demo cohort: %d patients, %d ROIs of %d px, %d events (%.0f%% censored) in %s",
+        n_patients,
+        n_patients * rois_per_patient,
+        image_size,
+        event.sum(),
+        100 * (1 - event.mean()),
+        out_dir,
+    )
+    return spec_path
+
+
+def demo_spec(seed: int) -> dict:
+    """The cohort spec (cohort_spec format) for the files write_demo_cohort writes."""
+    return {
+        "cohort": "demo",
+        "survival": {
+            "path": "clinical.csv",
+            "patient": "patient",
+            "time": "time",
+            "event": "event",
+        },
+        "omics": [
+            {
+                "path": "omics.csv",
+                "patient": "patient",
+                "groups": {
+                    "cnv": {"suffix": "_cnv"},
+                    "mut": {"suffix": "_mut"},
+                    "rna": {"suffix": "_rnaseq"},
+                },
+            }
+        ],
+        "images": {"kind": "rois", "dir": "rois", "patient_regex": "^(?P<patient>.+?)_"},
+        "splits": {"kind": "random", "n": 15, "test_fraction": 0.2, "seed": seed},
+        "missing": "drop",
+    }
+
+
+def simulate_omics(
+    z: np.ndarray, *, n_cnv: int, n_mut: int, n_rna: int, rng: np.random.Generator
+) -> pd.DataFrame:
+    """CNV, mutation and RNA features driven by the latent programs z: (N, K).
+
+    Returns an (N, n_cnv + n_mut + n_rna) frame with columns G0001_cnv.., G0001_mut..,
+    G0001_rnaseq..; formulas in the module docstring. Loadings are per gene: a gene present in
+    several modalities follows the same program with the same loading.
+    """
+    n = z.shape[0]
+    n_genes = max(n_cnv, n_mut, n_rna)
+    program = rng.integers(0, z.shape[1], n_genes)
+    driver = rng.random(n_genes) < DRIVER_FRACTION
+    loading = driver * rng.choice([-1.0, 1.0], n_genes) * rng.uniform(0.6, 1.2, n_genes)
+    signal = z[:, program] * loading  # (N, genes): a_j z_{i,p_j}
+    genes = [f"G{j + 1:04d}" for j in range(n_genes)]
+
+    cnv_latent = signal[:, :n_cnv] + 0.8 * rng.standard_normal((n, n_cnv))
+    cnv = np.digitize(cnv_latent, [-2.0, -0.9, 0.9, 2.0]) - 2
+    base_logit = rng.uniform(_logit(0.03), _logit(0.2), n_mut)
+    mut = (rng.random((n, n_mut)) < _sigmoid(base_logit + 1.5 * signal[:, :n_mut])).astype(int)
+    log_expr = (
+        rng.normal(2.5, 1.0, n_rna) + signal[:, :n_rna] + 0.5 * rng.standard_normal((n, n_rna))
+    )
+    rna = np.exp(log_expr)
+
+    columns = {}
+    columns.update({f"{g}_cnv": cnv[:, j] for j, g in enumerate(genes[:n_cnv])})
+    columns.update({f"{g}_mut": mut[:, j] for j, g in enumerate(genes[:n_mut])})
+    columns.update({f"{g}_rnaseq": rna[:, j] for j, g in enumerate(genes[:n_rna])})
+    return pd.DataFrame(columns)
+
+
+def simulate_survival(
+    theta: np.ndarray, shape: float, censoring: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weibull event times for log hazards theta: (N,) and independent exponential censoring times.
+
+    T = lambda0 exp(-theta/k) (-log V)^(1/k), V ~ U(0,1); C = E / r, E ~ Exp(1), with the rate r
+    chosen so that round(censoring * N) of the T exceed their C (C = inf when censoring = 0).
+    Months; returns (T, C).
+    """
+    unit_weibull = rng.exponential(1.0, theta.shape[0]) ** (1.0 / shape)  # (-log V)^(1/k)
+    event_time = BASELINE_SCALE_MONTHS * np.exp(-theta / shape) * unit_weibull
+    unit_exp = rng.exponential(1.0, theta.shape[0])
+    if censoring == 0:
+        return event_time, np.full_like(event_time, np.inf)
+    # A patient is censored iff r > E_i / T_i (C_i = E_i / r < T_i): r between two consecutive
+    # sorted ratios censors exactly m = round(censoring * N) patients.
+    ratios = np.sort(unit_exp / event_time)
+    m = round(censoring * theta.shape[0])
+    low = ratios[m - 1] if m > 0 else ratios[0] / 2
+    high = ratios[m] if m < ratios.shape[0] else ratios[-1] * 2
+    rate = math.sqrt(low * high)
+    return event_time, unit_exp / rate
+
+
+def render_roi(image_factor: float, size: int, rng: np.random.Generator) -> Image.Image:
+    """One H&E-like RGB ROI (size x size px) whose nuclei density and size grow with image_factor.
+
+    Textured pink stroma (a smooth random field, fine grain, a few darker fibres) under purple
+    elliptical nuclei; density and radius follow the module docstring's formulas.
+    """
+    stroma = _stroma(size, rng)
+    roi_density = math.exp(
+        DENSITY_RISK_SLOPE * image_factor + DENSITY_ROI_NOISE * rng.standard_normal()
+    )
+    roi_radius = math.exp(
+        RADIUS_RISK_SLOPE * image_factor + RADIUS_ROI_NOISE * rng.standard_normal()
+    )
+    count = rng.poisson(NUCLEI_PER_1000PX2 * roi_density * size * size / 1000.0)
+    radius = (
+        NUCLEUS_RADIUS_PX * roi_radius * np.exp(RADIUS_NUCLEUS_NOISE * rng.standard_normal(count))
+    )
+    polygons = _ellipse_polygons(
+        centre=rng.uniform(0, size, (count, 2)),
+        major=radius,
+        minor=radius * rng.uniform(0.6, 1.0, count),
+        angle=rng.uniform(0, math.pi, count),
+    )
+    # Each nucleus gets its own stain intensity; the blur softens the edges like a real focus.
+    stain = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(stain)
+    for polygon, intensity in zip(polygons, rng.uniform(0.75, 1.0, count), strict=True):
+        draw.polygon(polygon.ravel().tolist(), fill=int(255 * intensity))
+    weight = (
+        np.asarray(stain.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float64)[..., None] / 255
+    )
+    chromatin = NUCLEUS_RGB * (1 + 0.08 * rng.standard_normal((size, size, 1)))
+    rgb = stroma * (1 - weight) + chromatin * weight
+    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+
+
+def _stroma(size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size, 3) float pink background: smooth brightness field, grain and a few fibres."""
+    coarse = rng.standard_normal((6, 6)).astype(np.float32)
+    field = np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.Resampling.BICUBIC))
+    stroma = STROMA_RGB * (
+        1 + 0.05 * field[..., None] + 0.025 * rng.standard_normal((size, size, 1))
+    )
+    fibres = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(fibres)
+    for _ in range(max(1, size // 24)):
+        start = rng.uniform(0, size, 2)
+        steps = np.cumsum(rng.normal(0, 1, (8, 2)) + rng.normal(0, 1, 2) * 2.5, axis=0)
+        draw.line(np.vstack([start, start + steps * size / 32]).ravel().tolist(), fill=150, width=1)
+    weight = (
+        np.asarray(fibres.filter(ImageFilter.GaussianBlur(0.7)), dtype=np.float64)[..., None] / 255
+    )
+    return stroma * (1 - weight) + FIBER_RGB * weight
+
+
+def _ellipse_polygons(
+    centre: np.ndarray, major: np.ndarray, minor: np.ndarray, angle: np.ndarray
+) -> np.ndarray:
+    """(n, V, 2) vertices of n rotated ellipses: centre + R(angle) (major cos t, minor sin t)."""
+    t = np.linspace(0, 2 * math.pi, _ELLIPSE_VERTICES, endpoint=False)
+    x = major[:, None] * np.cos(t)
+    y = minor[:, None] * np.sin(t)
+    cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
+    return np.stack([centre[:, :1] + x * cos - y * sin, centre[:, 1:] + x * sin + y * cos], axis=-1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _check_options(**options) -> None:
+    """PgoError naming the first write_demo_cohort option outside its valid range."""
+    rules = {
+        "n_patients": (lambda v: isinstance(v, int) and v >= 10, "an integer >= 10"),
+        "rois_per_patient": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "image_size": (lambda v: isinstance(v, int) and v >= 16, "an integer >= 16 (pixels)"),
+        "n_cnv": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "n_mut": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "n_rna": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "genomic_strength": (lambda v: math.isfinite(v), "a finite number"),
+        "image_strength": (lambda v: math.isfinite(v), "a finite number"),
+        "weibull_shape": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+        "censoring": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+        "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    }
+    for name, value in options.items():
+        valid, description = rules[name]
+        ok = False
+        try:
+            ok = not isinstance(value, bool) and bool(valid(value))
+        except TypeError:
+            pass
+        if not ok:
+            raise PgoError(f"demo cohort option {name}={value!r} is invalid: must be {description}")
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)  # level 6 is 2x slower, barely smaller
+    return buffer.getvalue()
+
+
+def _csv_bytes(frame: pd.DataFrame, float_format: str) -> bytes:
+    return frame.to_csv(index=False, float_format=float_format, lineterminator="\n").encode()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write data to a temporary file beside path, then rename it over path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary data files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove_stale_rois(roi_dir: Path, keep: set[str]) -> None:
+    """Delete demo ROIs (DEMO-*_*.png) in roi_dir that this run did not write."""
+    for path in sorted(roi_dir.iterdir()):
+        if _DEMO_ROI_NAME.match(path.name) and path.name not in keep:
+            log.info("removing stale demo ROI %s", path)
+            path.unlink()

@@ -1,0 +1,344 @@
+"""A shard set on disk: manifest.json read/write, shard records, `verify` and `info`.
+
+The format (shards/README.md) in short: a directory with `manifest.json` and tar shards
+`shard-000000.tar`, ... written by webdataset.ShardWriter; one sample per image unit (or per
+patient without images) keyed `<patient>__<unit>`, carrying `png`/`jpg`, `<group>.npy`
+(float32, 1-D, no pickle), `surv.json` and, with missing: mask, `mask.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+
+from hpc_pgo.errors import PgoError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "shard-%06d.tar"
+SHARD_GLOB = "shard-*.tar"
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def manifest_text(manifest: dict) -> str:
+    """The manifest as written: JSON, keys sorted, indent 1, no NaN; same dict, same text."""
+    return json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False) + "\n"
+
+
+def write_manifest(directory: Path | str, manifest: dict) -> Path:
+    """Write manifest.json atomically (a temporary name in the same directory, then rename)."""
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(manifest_text(manifest))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(directory: Path | str) -> dict:
+    """The manifest of a shard set; PgoError when absent, not JSON, or of another schema."""
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PgoError(
+            f"{directory}: no {MANIFEST}; not a shard set (build one with pgo-shards build)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PgoError(f"{path}: not a readable JSON manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise PgoError(f"{path}: schema_version {version!r}; this hpc_pgo reads {SCHEMA_VERSION}")
+    return manifest
+
+
+# --------------------------------------------------------------------------- shard records
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def count_samples(path: Path) -> int:
+    """Samples in a tar shard: runs of members sharing a key (WebDataset's key rule)."""
+    keys = []
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            key, _ = base_plus_ext(member.name)
+            if member.isreg() and key is not None and (not keys or keys[-1] != key):
+                keys.append(key)
+    return len(keys)
+
+
+def shard_record(path: Path) -> dict:
+    """The manifest entry of one shard: name, samples, bytes, sha256."""
+    return {
+        "name": path.name,
+        "samples": count_samples(path),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
+    """Samples of one shard as WebDataset groups them: {"__key__", "<field>": bytes, ...}."""
+    with open(path, "rb") as stream:
+        files = ({**f, "__url__": path.name} for f in tar_file_iterator(stream))
+        yield from group_by_keys(files)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _decode_image(data: bytes) -> None:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """A .npy field, never unpickling."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of `verify`: shards and samples checked, and every problem found (one line each)."""
+
+    directory: str
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        state = "OK" if self.ok else f"FAILED, {len(self.problems)} problems"
+        return (
+            f"verify {self.directory}: {self.shards} shards, {self.samples} samples, "
+            f"{self.bytes} bytes: {state}"
+        )
+
+
+class _SampleChecker:
+    """Checks that every field of a sample decodes and agrees with the manifest."""
+
+    def __init__(self, manifest: dict):
+        self.groups = {g: len(names) for g, names in manifest["groups"].items()}
+        self.image = manifest.get("image")
+        self.masked = manifest.get("missing") == "mask"
+        self.patients = manifest["patients"]
+        self.decoders: dict[str, Callable[[str, bytes], str | None]] = {
+            "png": self._image,
+            "jpg": self._image,
+            "npy": self._npy,
+            "json": self._json,
+        }
+
+    def _image(self, name: str, data: bytes) -> str | None:
+        expected = self.image["format"] if self.image else None
+        if name != expected:
+            return f"field {name}: the manifest's image format is {expected}"
+        _decode_image(data)
+        return None
+
+    def _npy(self, name: str, data: bytes) -> str | None:
+        group = name[: -len(".npy")]
+        if group not in self.groups:
+            return f"field {name}: group {group!r} not in the manifest"
+        arr = load_npy(data)
+        if arr.dtype != np.float32 or arr.shape != (self.groups[group],):
+            return (
+                f"field {name}: {arr.dtype} {arr.shape}, manifest says float32 "
+                f"({self.groups[group]},)"
+            )
+        return None
+
+    def _json(self, name: str, data: bytes) -> str | None:
+        value = json.loads(data)
+        if name == "surv.json":
+            if not isinstance(value, dict) or set(value) != {"patient", "unit", "time", "event"}:
+                return "surv.json: keys must be patient, unit, time, event"
+        elif name == "mask.json":
+            if not isinstance(value, dict) or not set(value) <= {*self.groups, "image"}:
+                return "mask.json: keys must be omics groups or image"
+        else:
+            return f"field {name}: not a field of this format"
+        return None
+
+    def check(self, sample: dict[str, Any]) -> list[str]:
+        """Problems of one sample (empty when it is sound)."""
+        problems = []
+        fields = {k: v for k, v in sample.items() if not k.startswith("__")}
+        for name, data in sorted(fields.items()):
+            decoder = self.decoders.get(name.rsplit(".", 1)[-1])
+            if decoder is None:
+                problems.append(f"field {name}: unknown field")
+                continue
+            try:
+                problem = decoder(name, data)
+            except Exception as exc:  # any decoder failure is a finding, reported by name
+                why = re.sub(r" ?<[^>]*>", "", " ".join(str(exc).split()))  # no object reprs
+                problem = f"field {name}: does not decode ({why})"
+            if problem:
+                problems.append(problem)
+        required = {"surv.json", *(f"{g}.npy" for g in self.groups)}
+        if self.image is not None:
+            required.add(self.image["format"])
+        if self.masked:
+            required.add("mask.json")
+        problems += [f"field {r}: missing" for r in sorted(required - set(fields))]
+        if "surv.json" in fields and not problems:
+            problems += self._survival(sample["__key__"], json.loads(fields["surv.json"]), fields)
+        return problems
+
+    def _survival(self, key: str, surv: dict, fields: dict) -> list[str]:
+        problems = []
+        if key != f"{surv['patient']}__{surv['unit']}":
+            problems.append(f"surv.json names {surv['patient']}__{surv['unit']}, not the key")
+        record = self.patients.get(surv["patient"])
+        if record is None:
+            problems.append(f"patient {surv['patient']!r} not in the manifest")
+        elif (surv["time"], surv["event"]) != (record["time"], record["event"]):
+            problems.append(
+                f"surv.json time/event {surv['time']}/{surv['event']} differ from "
+                f"the manifest {record['time']}/{record['event']}"
+            )
+        return problems
+
+
+def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
+    """Check every shard against the manifest: presence, bytes, sha256, sample counts, and
+    (with `decode`) that every sample decodes and agrees with the manifest; also the total
+    and per-patient unit counts. Returns a report; it raises only when there is no manifest.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    report = VerifyReport(str(directory))
+    checker = _SampleChecker(manifest)
+    listed = {s["name"] for s in manifest["shards"]}
+    for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
+        report.problems.append(f"shard {extra}: present but not in the manifest")
+    units: Counter[str] = Counter()
+    seen: set[str] = set()
+    for entry in manifest["shards"]:
+        path = directory / entry["name"]
+        report.shards += 1
+        if not path.is_file():
+            report.problems.append(f"shard {entry['name']}: missing")
+            continue
+        size = path.stat().st_size
+        report.bytes += size
+        if size != entry["bytes"]:
+            report.problems.append(
+                f"shard {entry['name']}: {size} bytes, manifest says {entry['bytes']}"
+            )
+        if sha256_file(path) != entry["sha256"]:
+            report.problems.append(f"shard {entry['name']}: sha256 differs from the manifest")
+        count = 0
+        try:
+            for sample in iter_samples(path):
+                count += 1
+                if sample["__key__"] in seen:
+                    report.problems.append(
+                        f"shard {entry['name']} sample {sample['__key__']}: "
+                        "key already seen (duplicate sample)"
+                    )
+                seen.add(sample["__key__"])
+                if decode:
+                    for problem in checker.check(sample):
+                        report.problems.append(
+                            f"shard {entry['name']} sample {sample['__key__']}: {problem}"
+                        )
+                units[sample["__key__"].split("__", 1)[0]] += 1
+        except Exception as exc:  # a damaged tar: report where reading stopped
+            report.problems.append(
+                f"shard {entry['name']}: unreadable after {count} samples "
+                f"({' '.join(str(exc).split())})"
+            )
+        report.samples += count
+        if count != entry["samples"]:
+            report.problems.append(
+                f"shard {entry['name']}: {count} samples, manifest says {entry['samples']}"
+            )
+    expected = manifest["counts"]["units"]
+    if report.samples != expected and not report.problems:
+        report.problems.append(
+            f"{report.samples} samples in the shards, manifest counts {expected} units"
+        )
+    for patient, record in sorted(manifest["patients"].items()):
+        if not report.problems and units[patient] != record["units"]:
+            report.problems.append(
+                f"patient {patient}: {units[patient]} samples, manifest says {record['units']}"
+            )
+    return report
+
+
+# --------------------------------------------------------------------------- info
+
+
+def info(directory: Path | str) -> str:
+    """A human summary of a shard set: patients, units, events, features per group, image,
+    splits, shards and what the build dropped."""
+    m = read_manifest(directory)
+    c = m["counts"]
+    lines = [
+        f"cohort {m['cohort']} ({directory}), built by {m.get('created_by', '?')}",
+        f"patients {c['patients']}, units {c['units']}, events {c['events']} "
+        f"({100.0 * c['events'] / max(c['patients'], 1):.1f}% of patients)",
+    ]
+    for group, names in m["groups"].items():
+        lines.append(
+            f"  {group}: {len(names)} features ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''})"
+        )
+    image = m.get("image")
+    if image is None:
+        lines.append("image: none (omics-only cohort)")
+    else:
+        size = "x".join(map(str, image["size"])) if image.get("size") else "varying size"
+        lines.append(f"image: {image['kind']}, {image['format']}, {size}")
+    s = m["splits"]
+    folds = s["folds"]
+    tests = [len(f["test"]) for f in folds]
+    trains = [len(f["train"]) for f in folds]
+    lines.append(
+        f"splits: {s['kind']} ({s['source']}), {len(folds)} folds, train "
+        f"{min(trains)}-{max(trains)} / test {min(tests)}-{max(tests)} patients"
+    )
+    total = sum(sh["bytes"] for sh in m["shards"])
+    lines.append(
+        f"shards: {len(m['shards'])}, {total / 2**20:.1f} MiB, missing modalities: {m['missing']}"
+    )
+    dropped = m.get("dropped", [])
+    if dropped:
+        reasons = Counter(d["reason"].split(":")[0] for d in dropped)
+        top = ", ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+        lines.append(f"dropped: {len(dropped)} ({top})")
+    else:
+        lines.append("dropped: none")
+    return "\n".join(lines)

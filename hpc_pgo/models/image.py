@@ -1,0 +1,115 @@
+"""The image branch: any timm architecture as a feature extractor, then a linear projection giving P.
+
+    features = timm.create_model(arch, num_classes=0)(image)    (B, num_features)
+    P        = Linear(features)                                  (B, out), or features when out is null
+
+Weights come only from a local file (model.image.pretrained): timm loads it through its
+pretrained-cfg file override (torch.load with weights_only=True, the classifier dropped, the
+architecture's own checkpoint filter applied); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import get_pretrained_cfg_value
+from torch import nn
+
+import hpc_pgo.models.t2t_vit  # noqa: F401  (registers t2t_vit_* in timm)
+from hpc_pgo.errors import PgoError
+from hpc_pgo.models.weights import one_line, read_state_dict
+
+__all__ = ["ImageEncoder", "create_backbone", "similar_timm_names"]
+
+
+def similar_timm_names(arch: str, n: int = 8) -> list[str]:
+    """timm architecture names close to `arch`: by spelling, else sharing its first word."""
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=n, cutoff=0.6)
+    return close or timm.list_models(f"*{arch.split('_')[0]}*")[:n]
+
+
+def _check_weights_cover(
+    model: nn.Module, stored: Mapping[str, object], path: Path, arch: str
+) -> None:
+    """Refuse a weights file that lacks any of the model's tensors (timm loads non-strictly when
+    it drops the classifier, so a checkpoint of another architecture would leave layers random)."""
+    missing = [k for k in model.state_dict() if k not in stored]
+    if missing:
+        raise PgoError(
+            f"model.image.pretrained={str(path)!r} lacks {len(missing)} of the "
+            f"{len(model.state_dict())} tensors of {arch} (first: {missing[0]!r}); "
+            f"valid: a state dict saved from timm.create_model({arch!r})"
+        )
+
+
+def create_backbone(
+    arch: str,
+    *,
+    pretrained: str | Path | None = None,
+    image_size: int | None = None,
+    drop_path: float = 0.0,
+) -> nn.Module:
+    """timm.create_model(arch, num_classes=0) -> module mapping (B, 3, H, W) to (B, num_features).
+
+    image_size is passed as img_size only to architectures with a fixed input size (ViTs,
+    T2T-ViT); convolutional nets take any size. pretrained: a local state dict path, or None.
+    """
+    if not timm.is_model(arch):
+        raise PgoError(
+            f"model.image.arch={arch!r} is not a timm architecture; similar names: "
+            f"{', '.join(similar_timm_names(arch)) or 'none'} (all: timm.list_models())"
+        )
+    kwargs: dict = {"num_classes": 0}
+    if drop_path > 0:
+        kwargs["drop_path_rate"] = drop_path
+    if image_size is not None and get_pretrained_cfg_value(arch, "fixed_input_size"):
+        kwargs["img_size"] = image_size
+    stored = None
+    if pretrained is not None:
+        stored = read_state_dict(pretrained, "model.image.pretrained")  # clear errors for bad files
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
+    try:
+        model = timm.create_model(arch, **kwargs)
+    except PgoError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        source = f" with model.image.pretrained={str(pretrained)!r}" if stored is not None else ""
+        raise PgoError(
+            f"model.image.arch={arch!r} could not be built{source} "
+            f"(timm.create_model kwargs {sorted(kwargs)}): {one_line(err)}"
+        ) from err
+    if stored is not None:
+        _check_weights_cover(model, stored, Path(pretrained), arch)
+    return model
+
+
+class ImageEncoder(nn.Module):
+    """image (B, 3, H, W) float, normalised as the backbone expects -> P (B, out_dim)."""
+
+    def __init__(self, cfg: Mapping, image_size: int | None):
+        super().__init__()
+        self.field = cfg["field"]
+        self.backbone = create_backbone(
+            cfg["arch"],
+            pretrained=cfg["pretrained"],
+            image_size=image_size,
+            drop_path=cfg["drop_path"],
+        )
+        # head_hidden_size: the width after timm's pre-logits stage (e.g. MobileNetV3's conv_head).
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        out = cfg["out"]
+        self.proj = nn.Linear(width, out) if out is not None else nn.Identity()
+        self.out_dim = out if out is not None else width
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Batch keys this branch reads -> the config key that names each."""
+        return {self.field: "model.image.field"}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.proj(self.backbone(batch[self.field]))

@@ -1,0 +1,103 @@
+"""The real TCGA-KIRC release (PORPOISE layout) builds with flags only and reads back exactly.
+
+Needs ../shared/data/tcga-kirc/tcga_kirc_all_clean.csv.gz beside the checkout (development
+machines and CI); users get the file from the PORPOISE repository (see its README there).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpc_pgo.data.cli import main
+from hpc_pgo.data.shards import verify
+
+from .conftest import load_npy, read_samples
+
+KIRC = (
+    Path(__file__).resolve().parents[2]
+    / ".."
+    / "shared"
+    / "data"
+    / "tcga-kirc"
+    / "tcga_kirc_all_clean.csv.gz"
+).resolve()
+
+pytestmark = pytest.mark.skipif(not KIRC.is_file(), reason=f"TCGA-KIRC table not present at {KIRC}")
+
+
+@pytest.mark.slow
+def test_tcga_kirc_builds_with_flags_only(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tcga_kirc"
+    assert (
+        main(
+            [
+                "build",
+                "--survival",
+                str(KIRC),
+                "--patient-col",
+                "case_id",
+                "--time-col",
+                "survival_months",
+                "--censorship-col",
+                "censorship",
+                "--omics",
+                "same",
+                "--group",
+                "cnv:suffix=_cnv",
+                "--group",
+                "mut:suffix=_mut",
+                "--group",
+                "rna:suffix=_rnaseq",
+                "--splits",
+                "random:15",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    table = pd.read_csv(KIRC)
+    assert len(table) == 350
+    patients = table.drop_duplicates("case_id").set_index("case_id").sort_index()
+    manifest = json.loads((out / "manifest.json").read_text())
+    groups = {
+        g: [c for c in table.columns if c.endswith(f"_{s}")]
+        for g, s in (("cnv", "cnv"), ("mut", "mut"), ("rna", "rnaseq"))
+    }
+    assert {g: len(c) for g, c in manifest["groups"].items()} == {
+        "cnv": 937,
+        "mut": 10,
+        "rna": 1556,
+    }
+    assert manifest["groups"] == groups
+    assert manifest["counts"] == {
+        "patients": 345,
+        "units": 345,
+        "events": int((patients["censorship"] == 0).sum()),
+    }
+    assert manifest["dropped"] == []  # the 5 two-slide patients collapse: their rows agree
+    samples = read_samples(out)
+    assert len(samples) == 345
+    expected = {g: patients[cols].to_numpy(np.float32) for g, cols in groups.items()}
+    row_of = {p: i for i, p in enumerate(patients.index)}
+    for sample in samples:
+        surv = json.loads(sample["surv.json"])
+        i = row_of[surv["patient"]]
+        assert (surv["time"], surv["event"]) == (
+            patients["survival_months"].iloc[i],
+            1 - patients["censorship"].iloc[i],
+        )
+        for group in groups:
+            np.testing.assert_array_equal(load_npy(sample[f"{group}.npy"]), expected[group][i])
+    folds = manifest["splits"]["folds"]
+    assert len(folds) == 15 and all(len(f["test"]) == 69 for f in folds)
+    assert verify(out).ok
