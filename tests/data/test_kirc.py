@@ -15,55 +15,19 @@ import pytest
 
 from hpc_pgo.data.cli import main
 from hpc_pgo.data.shards import verify
+from tests.conftest import KIRC_TABLE
 
-from .conftest import load_npy, read_samples
+from .conftest import load_npy, porpoise_flags, read_samples
 
-KIRC = (
-    Path(__file__).resolve().parents[2]
-    / ".."
-    / "shared"
-    / "data"
-    / "tcga-kirc"
-    / "tcga_kirc_all_clean.csv.gz"
-).resolve()
-
-pytestmark = pytest.mark.skipif(not KIRC.is_file(), reason=f"TCGA-KIRC table not present at {KIRC}")
+pytestmark = pytest.mark.usefixtures("kirc_table")
+KIRC = KIRC_TABLE
 
 
 @pytest.mark.slow
 def test_tcga_kirc_builds_with_flags_only(tmp_path: Path, capsys) -> None:
     out = tmp_path / "tcga_kirc"
-    assert (
-        main(
-            [
-                "build",
-                "--survival",
-                str(KIRC),
-                "--patient-col",
-                "case_id",
-                "--time-col",
-                "survival_months",
-                "--censorship-col",
-                "censorship",
-                "--omics",
-                "same",
-                "--group",
-                "cnv:suffix=_cnv",
-                "--group",
-                "mut:suffix=_mut",
-                "--group",
-                "rna:suffix=_rnaseq",
-                "--splits",
-                "random:15",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "2",
-            ]
-        )
-        == 0
-    )
+    flags = porpoise_flags(KIRC) + ["--out", str(out), "--workers", "2"]
+    assert main(["build", *flags]) == 0
     capsys.readouterr()
     table = pd.read_csv(KIRC)
     assert len(table) == 350

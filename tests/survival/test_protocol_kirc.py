@@ -1,7 +1,5 @@
 """The protocol end to end on real TCGA-KIRC survival data, with age as the predicted hazard."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,19 +7,10 @@ import pytest
 from hpc_pgo.survival.concordance import concordance
 from hpc_pgo.survival.km import plot_km
 from hpc_pgo.survival.protocol import patient_hazards, read_predictions, summarize_folds
+from tests.conftest import KIRC_TABLE
 
-KIRC = (
-    Path(__file__).resolve().parents[2]
-    / ".."
-    / "shared"
-    / "data"
-    / "tcga-kirc"
-    / "tcga_kirc_all_clean.csv.gz"
-)
-
-pytestmark = pytest.mark.skipif(
-    not KIRC.is_file(), reason=f"real TCGA-KIRC table not found at {KIRC}"
-)
+KIRC = KIRC_TABLE
+pytestmark = pytest.mark.usefixtures("kirc_table")
 
 
 @pytest.fixture(scope="module")
