@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Train the cross-validation folds of one experiment as a job array (local processes or Slurm).
 
-Thin entry: parse the command line, compose the config (hpc_pgo.config), plan the array
-(hpc_pgo.launch.plan) and, with --dry-run, print both. Submission lands with the training issue.
+Thin entry: parse the command line, then hpc_pgo.launch does the work: compose the config,
+create the run directory (runs/<name>/<timestamp>, or run_dir=), write the resolved config and
+submit ONE array of fold tasks through submitit (cluster=local: this machine; cluster=slurm:
+a Slurm job array plus a report job after it). Prints the job ids and the run directory; with
+wait=true (the default on cluster=local) shows a progress bar and ends with the report.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ over configs/base.yaml (see configs/README.md):
                   an unknown key is an error that names the closest valid keys
   folds=SPEC      which splits to train: all (default), a range 0-14, a list 0,3,7, or one fold 3;
                   checked against data.n_splits
+  sweep=NAME      every configuration of configs/sweep/NAME.yaml x the folds, as ONE array
+                  (e.g. sweep=table3); the report prints them side by side
+  run_dir=DIR     where the run writes (default runs/<name>/<timestamp>); a directory holding
+                  another config is refused unless force=true; finished folds are skipped
+  wait=true|false block with a progress bar, then print the report (default: true on local)
 """
 
 EPILOG = """\
@@ -32,6 +40,9 @@ examples:
   python launch/submit.py cluster=slurm cluster.partition=gpu cluster.time=120 \\
       deepspeed=zero2 deepspeed.dtype=bf16 cluster.sbatch.mail-type=END --dry-run
   python launch/submit.py name=ablation run_dir=runs/ablation/try1 force=true --dry-run
+  python launch/submit.py folds=0-14                      # the demo on this machine
+  python launch/submit.py sweep=table3 folds=0-14 cluster=slurm
+  python launch/report.py runs/demo-fusion/<timestamp>    # (re)write the report
 
 --dry-run prints the resolved config as YAML, then the planned array as '#' comment lines
 (one line per fold with its resources), so the whole output can be saved and read back as YAML.
@@ -68,36 +79,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status (2 on bad input)."""
+    """Run the command; returns the exit status (2 on bad input, 1 when a fold failed)."""
     args = build_parser().parse_intermixed_args(argv)
 
     # hpc_pgo imports torch (seconds): import it only once --help has had its chance to answer.
+    import logging
+
     from omegaconf import OmegaConf
 
-    from hpc_pgo.config import compose, resolve_run_dir
     from hpc_pgo.errors import PgoError
     from hpc_pgo.launch.plan import format_plan, plan_array
+    from hpc_pgo.launch.submission import compose_runs, report_text, submit, wait
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = compose(args.opts, config_dir=args.config_dir)
-        cfg.run_dir = str(resolve_run_dir(cfg))
-        plans = plan_array(cfg)
+        if args.dry_run:
+            top, _, runs, _ = compose_runs(args.opts, config_dir=args.config_dir)
+            print(OmegaConf.to_yaml(top), end="")
+            for name, _, cfg in runs:
+                if name is not None:
+                    print(f"# sweep run {name}")
+                for line in format_plan(cfg, plan_array(cfg)).splitlines():
+                    print(f"# {line}")
+            return 0
+        done = submit(args.opts, config_dir=args.config_dir)
     except PgoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    if not args.dry_run:
+    array = done.array
+    print(f"run directory: {done.run_dir}")
+    if done.skipped:
+        print(f"skipped (finished with the same config): {', '.join(done.skipped)}")
+    if not array.tasks:
+        print("nothing to run: every selected fold is finished (force=true reruns them)")
+    else:
+        waiting = len(array.tasks) - len(array.jobs)
         print(
-            "error: submitting folds is not available yet (it lands with the training issue); "
-            "use --dry-run to see the resolved config and the planned array",
-            file=sys.stderr,
+            f"submitted {len(array.tasks)} fold task(s); job ids: {' '.join(array.job_ids())}"
+            + (f" (+{waiting} start as slots free)" if waiting else "")
         )
+    if array.report_job is not None:
+        print(f"report job: {array.report_job.job_id} (after the array, writes the report)")
+    if not done.wait:
+        print(f"not waiting; later: python launch/report.py {done.run_dir}")
+        return 0
+    counts = wait(done, progress=True)
+    try:
+        print(report_text(done), end="")
+    except PgoError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
-
-    print(OmegaConf.to_yaml(cfg), end="")
-    for line in format_plan(cfg, plans).splitlines():
-        print(f"# {line}")
-    return 0
+    return 1 if counts["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ every fold of a job array. The value sets mirror the registries of the concerns 
 
 Derived values (null in the YAML means "derive"):
   wait                                     true on cluster=local, false on cluster=slurm
+  balance.mode                             rho for model.fusion=concat over genomic + image, else none
   cluster.parallel (local)                 max(1, usable cores // (threads_per_fold * tasks_per_node))
   deepspeed.train_micro_batch_size_per_gpu train.batch_size / (cluster.nodes * cluster.tasks_per_node)
   run_dir (at submit, resolve_run_dir)     <cwd>/runs/<name>/<YYYYmmdd-HHMMSS>
@@ -33,6 +34,8 @@ NULLABLE = frozenset(
         "run_dir", "wait", "balance.end_epoch", "data.image_size", "model.image.pretrained",
         "cluster.parallel", "cluster.partition", "cluster.account", "cluster.qos",
         "cluster.constraint", "cluster.mem_gb", "deepspeed.train_micro_batch_size_per_gpu",
+        "model.name", "model.genomic.mlp_a_weights", "model.image.out", "balance.mode",
+        "train.steps_per_checkpoint", "train.stop_after_steps", "train.stop_after_minutes",
     }
 )  # fmt: skip
 
@@ -42,7 +45,7 @@ CHOICES: dict[str, tuple] = {
     "deepspeed.zero_optimization.stage": (0, 1, 2),
     "deepspeed.dtype": ("fp32", "bf16"),
     "model.fusion": ("concat", "kronecker"),
-    "model.genomic.rna_encoder": ("snn", "scgpt", "scgpt_mlpa"),
+    "model.genomic.rna_encoder": ("snn", "scgpt", "scgpt_mlpa", "none"),
     "train.lr_schedule": ("linear", "cosine"),
     "balance.mode": ("none", "rho"),
 }
@@ -60,7 +63,11 @@ LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "train.weight_decay": (0, False),
     "train.l1_genomic": (0, False),
     "train.checkpoint_every": (1, False),
+    "train.steps_per_checkpoint": (1, False),
+    "train.stop_after_steps": (1, False),
+    "train.stop_after_minutes": (0, True),
     "train.num_workers": (0, False),
+    "train.shuffle_buffer": (1, False),
     "balance.alpha": (0, False),
     "balance.start_epoch": (0, False),
     "balance.end_epoch": (0, False),
@@ -262,6 +269,29 @@ def _check_local_nodes(cfg: DictConfig) -> None:
         )
 
 
+def _derive_balance_mode(cfg: DictConfig) -> None:
+    """balance.mode: null -> rho for fusion=concat over genomic + image (Path-GPTomic), else none.
+
+    Only that model has the per-modality theta^m = W^m m + b/2 the balancing compares (Eq. 5-6).
+    """
+    if cfg.balance.mode is None:
+        cfg.balance.mode = "rho" if _has_per_modality_theta(cfg) else "none"
+
+
+def _has_per_modality_theta(cfg: DictConfig) -> bool:
+    return cfg.model.fusion == "concat" and set(cfg.model.modalities) == set(MODALITIES)
+
+
+def _check_balance_model(cfg: DictConfig) -> None:
+    """balance.mode=rho needs concat fusion over both modalities (the model's per-modality theta)."""
+    if cfg.balance.mode == "rho" and not _has_per_modality_theta(cfg):
+        raise PgoError(
+            f"balance.mode=rho needs model.fusion=concat with model.modalities=[genomic, image]; "
+            f"model={cfg.groups.model} has fusion={cfg.model.fusion} and modalities="
+            f"{_shown(cfg.model.modalities)}; valid: balance.mode=none (or leave it null)"
+        )
+
+
 def _check_balance_window(cfg: DictConfig) -> None:
     """balance.end_epoch, when set, is not before balance.start_epoch."""
     end, start = cfg.balance.end_epoch, cfg.balance.start_epoch
@@ -328,7 +358,9 @@ def _parse_config_folds(cfg: DictConfig) -> None:
 
 
 # Value checks first, then derivations (which read checked values), then relations between keys.
+# balance.mode alone is derived first, so that its choice check sees a name.
 _STEPS: tuple[Callable[[DictConfig], None], ...] = (
+    _derive_balance_mode,
     _check_choices,
     _check_bounds,
     _check_booleans,
@@ -336,6 +368,7 @@ _STEPS: tuple[Callable[[DictConfig], None], ...] = (
     _check_modalities,
     _check_local_nodes,
     _check_balance_window,
+    _check_balance_model,
     _derive_wait,
     _derive_parallel,
     _derive_micro_batch,

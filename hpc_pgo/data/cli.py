@@ -7,6 +7,7 @@
     pgo-shards verify DIR        # every shard against the manifest; exit 1 on a mismatch
     pgo-shards info DIR          # patients, units, events, features per group, splits
     pgo-shards demo --out DIR    # simulate the demo cohort (hpc_pgo.data.demo) and build it
+    pgo-shards embed-rna DIR --scgpt MODEL_DIR [--mlp-a mlp_a.pt]   # (hpc_pgo.data.embed_rna)
 
 Bad input prints `error: <one line>` to stderr and exits 2.
 """
@@ -222,9 +223,11 @@ def _print_built(out: Path, manifest: dict) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hpc_pgo.data.shards import verify
+    from hpc_pgo.data import cells
+    from hpc_pgo.data.shards import read_manifest, verify
 
-    report = verify(args.dir, decode=not args.no_decode)
+    check = cells.verify_cells if read_manifest(args.dir).get("kind") == cells.KIND else verify
+    report = check(args.dir, decode=not args.no_decode)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
     print(report.summary())
@@ -232,9 +235,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hpc_pgo.data.shards import info
+    from hpc_pgo.data import cells
+    from hpc_pgo.data.shards import info, read_manifest
 
-    print(info(args.dir))
+    summary = cells.info_cells if read_manifest(args.dir).get("kind") == cells.KIND else info
+    print(summary(args.dir))
     return 0
 
 
@@ -385,6 +390,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _build_parser(sub)
+    from hpc_pgo.data.cells import add_cells_parser
+
+    add_cells_parser(sub)
+    from hpc_pgo.data.embed_rna import add_embed_rna_parser
+
+    add_embed_rna_parser(sub)
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("dir", help="shard set directory")
     p.add_argument("--no-decode", action="store_true", help="check counts and sha256 only")

@@ -21,6 +21,10 @@ A batch is a dict::
     "time": float32 (B,) follow-up time, in the cohort's unit (months in the demo)
     "event": float32 (B,) 1 = death observed, 0 = censored
     "mask": {modality: float32 (B,)} 1 = available; only for shard sets built with --missing mask
+    "<embedding>": float32 (B, d) per-patient embedding from the side-car `pgo-shards embed-rna`
+                   wrote (rna_emb, rna_mlpa; see hpc_pgo.data.embed_rna), only those asked for with
+                   make_loader(embeddings=...); served as stored, NOT standardised (the scGPT
+                   embedding is L2-normalised and MLP-A was pretrained on exactly that)
 
 The shard index (index_shards) lists every sample's tar members with their offsets, from the tar
 headers alone; the plan is computed on keys, before any payload is read:
@@ -79,6 +83,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from webdataset.tariterators import base_plus_ext
 
+from hpc_pgo.data.embed_rna import EmbeddingTable, read_embeddings
 from hpc_pgo.data.shards import MANIFEST, SCHEMA_VERSION, read_manifest
 from hpc_pgo.data.transforms import VIEWS, decode_image, normalize
 from hpc_pgo.errors import PgoError
@@ -124,6 +129,12 @@ class FoldData:
     def image(self) -> dict | None:
         """The manifest's image record ({"format", "kind", "size": [h, w]}) or None (omics only)."""
         return self.manifest["image"]
+
+    @property
+    def embeddings(self) -> dict[str, int]:
+        """Per-patient embedding fields recorded by `pgo-shards embed-rna`: field -> width ({} if none)."""
+        record = self.manifest.get("embeddings") or {}
+        return {name: int(spec["dim"]) for name, spec in record.get("fields", {}).items()}
 
     def patients(self, split: str) -> tuple[str, ...]:
         """Patients of "train" or "test"."""
@@ -593,10 +604,15 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
-def collate(units: Sequence[Mapping], spec: UnitSpec, standardizer: Standardizer | None) -> dict:
+def collate(
+    units: Sequence[Mapping],
+    spec: UnitSpec,
+    standardizer: Standardizer | None,
+    embeddings: EmbeddingTable | None = None,
+) -> dict:
     """Decoded units -> one batch dict as the module docstring has it, except that "image" is
     still uint8 (B, 3, S, S) and the float32 fields are numpy arrays (FoldLoader makes tensors of
-    them); works for an empty list too."""
+    them); works for an empty list too. embeddings: the side-car's fields to add, by patient."""
     batch: dict = {
         "key": [u["key"] for u in units],
         "patient": [u["patient"] for u in units],
@@ -624,17 +640,24 @@ def collate(units: Sequence[Mapping], spec: UnitSpec, standardizer: Standardizer
         if group in masks:  # an unavailable group carries no information: the train mean, 0
             values = values * masks[group][:, None]
         batch[group] = np.ascontiguousarray(values, dtype=np.float32)
+    if embeddings is not None:
+        for name in embeddings.fields:
+            batch[name] = np.ascontiguousarray(embeddings.rows(name, batch["patient"]))
     if spec.masked:
         batch["mask"] = masks
     return batch
 
 
 def collate_batches(
-    batches: Iterable[list[dict]], *, spec: UnitSpec, standardizer: Standardizer | None
+    batches: Iterable[list[dict]],
+    *,
+    spec: UnitSpec,
+    standardizer: Standardizer | None,
+    embeddings: EmbeddingTable | None = None,
 ) -> Iterator[dict]:
     """Stage: lists of decoded units -> batch dicts (collate)."""
     for units in batches:
-        yield collate(units, spec, standardizer)
+        yield collate(units, spec, standardizer, embeddings)
 
 
 # --------------------------------------------------------------------------- standardisation
@@ -939,6 +962,7 @@ def make_loader(
     num_workers: int = 0,
     shuffle_buffer: int = 256,
     verify: bool = True,
+    embeddings: Sequence[str] = (),
 ) -> FoldLoader:
     """The batches of rank `rank` of `world_size` for one pass over (fold, split); see the module.
 
@@ -948,7 +972,9 @@ def make_loader(
     verify: check each shard's sha256 against the manifest (once per process and file version).
     num_workers: DataLoader worker processes; 0 reads in the calling process, with its torch
     thread settings. len(loader) is the number of batches this rank yields. Make one loader per
-    epoch (train) with that epoch's number.
+    epoch (train) with that epoch's number. embeddings: per-patient embedding fields to serve
+    (FoldData.embeddings lists them, e.g. ["rna_emb"]); their side-car is checked against the
+    manifest's sha256 when verify.
     """
     data = open_fold(shard_dir, fold)
     _check_split(split)
@@ -965,6 +991,7 @@ def make_loader(
     )
     if standardizer is not None:
         _check_standardizer(standardizer, data, spec)
+    table = _embedding_table(data, list(embeddings), verify=verify)
     index = index_shards(data.shard_dir, data.manifest, verify=verify)
     keys = split_keys(data, index, split)
     plan = PLANS[split](
@@ -984,7 +1011,7 @@ def make_loader(
             read_batches, plan=plan, index=index, shard_dir=data.shard_dir, suffixes=spec.suffixes
         ),
         functools.partial(decode_batches, spec=spec),
-        functools.partial(collate_batches, spec=spec, standardizer=standardizer),
+        functools.partial(collate_batches, spec=spec, standardizer=standardizer, embeddings=table),
         batches=len(plan.batches),
     )
     log.debug(
@@ -999,6 +1026,22 @@ def make_loader(
     )
     loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=_unchanged)
     return FoldLoader(loader, plan)
+
+
+def _embedding_table(
+    data: FoldData, fields: Sequence[str], *, verify: bool
+) -> EmbeddingTable | None:
+    """The side-car's arrays of the requested embedding fields only (None when none are asked for)."""
+    if not fields:
+        return None
+    unknown = [f for f in fields if f not in data.embeddings]
+    if unknown:
+        have = ", ".join(data.embeddings) or "none (run `pgo-shards embed-rna`)"
+        raise PgoError(
+            f"{data.shard_dir / MANIFEST}: no embedding field {unknown[0]!r}; it has: {have}"
+        )
+    table = read_embeddings(data.shard_dir, data.manifest, verify=verify)
+    return EmbeddingTable(fields={f: table.fields[f] for f in fields}, row_of=table.row_of)
 
 
 def _check_standardizer(standardizer: Standardizer, data: FoldData, spec: UnitSpec) -> None:

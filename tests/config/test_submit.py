@@ -74,11 +74,3 @@ def test_bad_input_is_one_error_line_and_exit_2(token, expected):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: {expected}"]
     assert result.stdout == ""
-
-
-@pytest.mark.slow
-def test_without_dry_run_nothing_is_submitted_yet(tmp_path):
-    result = run_submit("folds=0", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: ") and "--dry-run" in result.stderr
-    assert list(tmp_path.iterdir()) == []

@@ -136,3 +136,45 @@ def slurm_executor(
         slurm_partition=slurm_cluster.partition, timeout_min=5, cpus_per_task=1
     )
     return executor
+
+
+# --- fold arrays (test_fold_array.py) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo cohort (150 patients x 2 ROIs, 15 splits) built by the real `pgo-shards demo`."""
+    from hpc_pgo.data.cli import main as pgo_shards
+
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    assert pgo_shards(["demo", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    return out
+
+
+def tiny_args(shards: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A tiny real training config on `shards`: genomic-only, 2 epochs of 7 steps, a checkpoint
+    every 2 steps; no shuffle buffer and no dropout, so that 1 and 2 ranks see the same global
+    batches and compute the same model (train.shuffle_buffer=1, model.genomic.snn.dropout=0)."""
+    return [
+        f"data.shards={shards}", f"run_dir={run_dir}", "model=genomic", "train.epochs=2",
+        "train.num_workers=0", "train.shuffle_buffer=1", "model.genomic.snn.dropout=0.0",
+        "train.steps_per_checkpoint=2", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def job_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs unpickle fold entries of the test modules: make `tests.*` importable in them, and
+    leave no rendezvous variable of an earlier in-process fold in the jobs' environment."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "LOCAL_WORLD_SIZE",
+    ):
+        monkeypatch.delenv(key, raising=False)

@@ -1,0 +1,241 @@
+"""submitit executors for the fold array: the local machine or one Slurm job array.
+
+One registry entry per cluster kind (cfg.cluster.kind) builds an ``Array`` from the fold tasks:
+
+- ``local``: submitit's LocalExecutor. Each fold is one process group of tasks_per_node ranks;
+  at most cluster.parallel folds run at once: the array hands out the next fold whenever one
+  ends (``poll``), so it needs the submitting process to keep polling (wait=true).
+- ``slurm``: submitit's AutoExecutor; the folds go out as ONE job array (``executor.batch()``)
+  with array_parallelism; then one aggregation job, dependent on the array (afterany), writes
+  the report whatever the folds' outcome.
+
+The sbatch options of a fold come from the cluster group (configs/cluster/slurm.yaml);
+``slurm_parameters`` shows the mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from hpc_pgo.errors import PgoError
+from hpc_pgo.launch.plan import fold_dir
+from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldTask
+
+log = logging.getLogger(__name__)
+
+# Fold states, as the progress bar and the report name them.
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+REPORT_TIME_MIN = 30  # wall time of the aggregation job
+
+
+def fold_state(task: FoldTask, job: submitit.Job | None) -> str:
+    """A fold's state from its files first (they survive requeues), then from its job.
+
+    done: metrics.json exists (the fold entry writes it last); failed: error.txt exists, or the
+    job ended without metrics.json; running: the job is queued or running; pending: not submitted.
+    """
+    out = fold_dir(task.run_dir, task.fold)
+    if (out / METRICS_FILE).is_file():
+        return DONE
+    if (out / ERROR_FILE).is_file():
+        return FAILED
+    if job is None:
+        return PENDING
+    if not job.done():
+        return RUNNING
+    # the job ended: a fold entry that returned without metrics.json (e.g. killed) failed too
+    return DONE if (out / METRICS_FILE).is_file() else FAILED
+
+
+def job_error(job: submitit.Job | None) -> str | None:
+    """The last line of a finished job's error (submitit's FailedJobError carries the traceback)."""
+    if job is None or not job.done():
+        return None
+    try:
+        err = job.exception()
+    except Exception as exc:  # a job with no result at all (killed, cancelled)
+        err = exc
+    if err is None:
+        return None
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
+
+
+@dataclass
+class Array:
+    """The fold tasks of one submission and their jobs; ``poll`` returns each task's state.
+
+    tasks: every fold task (of every sub-run of a sweep), in submission order.
+    jobs: task index -> its submitit job, for the tasks submitted so far.
+    report_job: the Slurm job that writes the report after the array (None on local).
+    """
+
+    tasks: list[FoldTask]
+    jobs: dict[int, submitit.Job] = field(default_factory=dict)
+    report_job: submitit.Job | None = None
+    executor: submitit.Executor | None = None
+    parallel: int = 0  # local only: folds at once
+
+    def job_ids(self) -> list[str]:
+        """The scheduler ids of the jobs submitted so far (array tasks as <array>_<task>)."""
+        return [self.jobs[i].job_id for i in sorted(self.jobs)]
+
+    def poll(self) -> list[str]:
+        """Each task's state (fold_state); on local, first submits folds into free slots."""
+        if self.parallel:
+            self._fill_slots()
+        return [fold_state(task, self.jobs.get(i)) for i, task in enumerate(self.tasks)]
+
+    def _fill_slots(self) -> None:
+        running = sum(1 for job in self.jobs.values() if not job.done())
+        for i, _task in enumerate(self.tasks):
+            if running >= self.parallel:
+                return
+            if i not in self.jobs:
+                self.jobs[i] = self.executor.submit(self.tasks[i])
+                running += 1
+
+    def errors(self) -> dict[int, str]:
+        """Task index -> the scheduler's error line, for tasks whose job failed."""
+        out = {}
+        for i, job in self.jobs.items():
+            line = job_error(job)
+            if line is not None:
+                out[i] = line
+        return out
+
+
+def local_parameters(cluster: DictConfig) -> dict:
+    """LocalExecutor parameters of a fold: tasks_per_node ranks, gpus, time, signal delay."""
+    return {
+        "timeout_min": int(cluster.time),
+        "tasks_per_node": int(cluster.tasks_per_node),
+        "gpus_per_node": int(cluster.gpus_per_node),
+        "signal_delay_s": int(cluster.signal_delay_s),
+    }
+
+
+def slurm_parameters(cluster: DictConfig, name: str) -> dict:
+    """AutoExecutor parameters of a fold's array task, from the cluster group.
+
+    partition/account/qos/constraint -> --partition/--account/--qos/--constraint (null: not
+    passed); time -> --time (timeout_min); mem_gb -> --mem; cpus_per_task, gpus_per_node, nodes,
+    tasks_per_node -> the same sbatch options; array_parallelism -> --array=...%N;
+    signal_delay_s -> --signal=USR2@N; sbatch -> any other option, passed through.
+    """
+    params = {
+        "name": name,
+        "timeout_min": int(cluster.time),
+        "cpus_per_task": int(cluster.cpus_per_task),
+        "gpus_per_node": int(cluster.gpus_per_node),
+        "nodes": int(cluster.nodes),
+        "tasks_per_node": int(cluster.tasks_per_node),
+        "slurm_array_parallelism": int(cluster.array_parallelism),
+        "slurm_signal_delay_s": int(cluster.signal_delay_s),
+    }
+    for key in ("partition", "account", "qos", "constraint"):
+        if cluster[key] is not None:
+            params[f"slurm_{key}"] = str(cluster[key])
+    if cluster.mem_gb is not None:
+        params["mem_gb"] = cluster.mem_gb
+    if cluster.gpus_per_node == 0:
+        del params["gpus_per_node"]  # no --gpus-per-node on CPU partitions (some sites reject 0)
+    extra = OmegaConf.to_container(cluster.sbatch, resolve=True) if cluster.sbatch else {}
+    if extra:
+        params["slurm_additional_parameters"] = {
+            str(k).replace("-", "_"): v for k, v in extra.items()
+        }
+    return params
+
+
+def check_slurm_answers() -> None:
+    """PgoError unless sbatch exists and slurmctld answers (sinfo), naming cluster=local."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise PgoError(
+            "cluster=slurm: no Slurm here (sbatch/sinfo not found on PATH); valid: a machine with "
+            "a Slurm client, or cluster=local to run the folds on this machine"
+        )
+    try:
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess([], 1, "", "sinfo timed out after 20 s")
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip().splitlines()
+        raise PgoError(
+            f"cluster=slurm: Slurm does not answer (sinfo: {why[0] if why else 'failed'}); valid: "
+            "a running Slurm controller, or cluster=local to run the folds on this machine"
+        )
+
+
+def _local_array(
+    cfg: DictConfig, folder: Path, tasks: list[FoldTask], report: Callable | None
+) -> Array:
+    executor = submitit.LocalExecutor(folder=folder / "%j")
+    executor.update_parameters(**local_parameters(cfg.cluster))
+    array = Array(tasks=tasks, executor=executor, parallel=max(1, int(cfg.cluster.parallel)))
+    array.poll()  # the first folds start now
+    return array
+
+
+def _slurm_array(
+    cfg: DictConfig, folder: Path, tasks: list[FoldTask], report: Callable | None
+) -> Array:
+    check_slurm_answers()
+    if not tasks:  # every fold finished already: no array, no report job
+        return Array(tasks=[])
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor.update_parameters(**slurm_parameters(cfg.cluster, f"pgo-{cfg.name}"))
+    with executor.batch():
+        jobs = [executor.submit(task) for task in tasks]
+    array = Array(tasks=tasks, jobs=dict(enumerate(jobs)), executor=executor)
+    if report is not None and jobs:
+        array.report_job = _submit_report_job(cfg, folder, jobs[0].job_id.split("_")[0], report)
+    return array
+
+
+def _submit_report_job(
+    cfg: DictConfig, folder: Path, array_id: str, report: Callable
+) -> submitit.Job:
+    """One small job after the whole array (afterany: whatever each fold's outcome) -> report()."""
+    cluster = cfg.cluster
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    params = {
+        "name": f"pgo-{cfg.name}-report",
+        "timeout_min": REPORT_TIME_MIN,
+        "cpus_per_task": 1,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "slurm_additional_parameters": {"dependency": f"afterany:{array_id}"},
+    }
+    for key in ("partition", "account", "qos"):
+        if cluster[key] is not None:
+            params[f"slurm_{key}"] = str(cluster[key])
+    executor.update_parameters(**params)
+    return executor.submit(report)
+
+
+ARRAYS: dict[str, Callable[[DictConfig, Path, list[FoldTask], Callable | None], Array]] = {
+    "local": _local_array,
+    "slurm": _slurm_array,
+}
+
+
+def launch_array(
+    cfg: DictConfig, folder: Path, tasks: Sequence[FoldTask], report: Callable | None = None
+) -> Array:
+    """Submit the fold tasks with the executor of cfg.cluster.kind; logs in folder/<job id>/.
+
+    report: a picklable no-argument callable that writes the report; on Slurm it runs as a job
+    after the array (afterany), on local the caller runs it after waiting.
+    """
+    return ARRAYS[cfg.cluster.kind](cfg, folder, list(tasks), report)

@@ -1,0 +1,184 @@
+"""Submit a run (or a sweep) as one fold array, wait for it with a progress bar, report.
+
+``submit(args)`` composes the config, checks what can be checked before anything is written
+(folds, the shard set, a Slurm that answers, a run directory holding another config), writes
+the run directory and submits one FoldTask per (configuration, fold) through the executor of
+cluster.kind (hpc_pgo.launch.executors). ``wait(submission)`` polls the folds (tqdm bar of
+done / running / failed), records the scheduler's error for a fold that died without
+error.txt, and writes the report (hpc_pgo.launch.report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from hpc_pgo.config import compose, resolve_run_dir, save_config
+from hpc_pgo.errors import PgoError
+from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array
+from hpc_pgo.launch.plan import fold_dir
+from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
+from hpc_pgo.launch.rundir import SUBMITIT_DIR, check_run_dir, prepare_run_dir
+from hpc_pgo.launch.sweep import compose_sweep, load_sweep
+from hpc_pgo.launch.task import ERROR_FILE, FoldTask, resolve_fold_fn, write_text_atomically
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+# How to build each known cohort's shard set, for the missing-shards error.
+BUILD_HINTS = {
+    "demo": "pgo-shards demo --out {path}",
+    "tcga_kirc": "pgo-shards build --spec <cohort.yaml for data/tcga-kirc> --out {path} (shards/README.md)",
+}
+_DEFAULT_HINT = "pgo-shards build --spec <cohort.yaml> --out {path} (shards/README.md)"
+
+
+@dataclass
+class Submission:
+    """What submit() did: the top run directory, the sub-runs, the array, the folds skipped."""
+
+    run_dir: Path
+    runs: list[tuple[str | None, Path, DictConfig]]  # (sweep run name or None, run dir, config)
+    array: Array
+    skipped: list[str]  # "<run>/fold_<k>" already finished with the same config
+    wait: bool
+
+
+def check_shards(cfg: DictConfig) -> None:
+    """PgoError naming the shard set path and the pgo-shards command that builds it, if missing."""
+    path = Path(str(cfg.data.shards))
+    if not (path / MANIFEST).is_file():
+        hint = BUILD_HINTS.get(str(cfg.groups.data), _DEFAULT_HINT).format(path=path)
+        raise PgoError(
+            f"data={cfg.groups.data}: shard set {path} has no {MANIFEST} (data.shards); build it "
+            f"with: {hint}"
+        )
+
+
+def _finish_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """Absolute shard path (jobs may start elsewhere) and the run's directory, set in cfg."""
+    cfg.data.shards = str(Path(str(cfg.data.shards)).resolve())
+    cfg.run_dir = str(run_dir)
+    return cfg
+
+
+def compose_runs(
+    args: Sequence[str], config_dir: str | Path | None = None, now: datetime | None = None
+) -> tuple[DictConfig, Path, list[tuple[str | None, Path, DictConfig]], dict | None]:
+    """(top config, top run dir, [(name, run dir, config)], sweep as dict or None)."""
+    top = compose(args, config_dir=config_dir)
+    run_dir = resolve_run_dir(top, now=now)
+    _finish_config(top, run_dir)
+    if top.sweep is None:
+        return top, run_dir, [(None, run_dir, top)], None
+    sweep = load_sweep(str(top.sweep), config_dir)
+    runs = [
+        (run.name, run_dir / run.name, _finish_config(cfg, run_dir / run.name))
+        for run, cfg in compose_sweep(sweep, args, config_dir)
+    ]
+    return top, run_dir, runs, sweep.as_dict()
+
+
+def submit(
+    args: Sequence[str], config_dir: str | Path | None = None, now: datetime | None = None
+) -> Submission:
+    """Compose, check, write the run directory and submit the fold array (see the module text)."""
+    top, run_dir, runs, sweep = compose_runs(args, config_dir, now)
+    # every check before the first write: a refused submission leaves nothing behind
+    for _, sub_dir, cfg in runs:
+        resolve_fold_fn(cfg.launch.fold_fn)
+        check_shards(cfg)
+        check_run_dir(cfg, sub_dir)
+    if sweep is not None:
+        check_run_dir(top, run_dir)
+    n_tasks_max = sum(len(cfg.folds) for _, _, cfg in runs)
+    if top.cluster.kind == "local" and not top.wait and top.cluster.parallel < n_tasks_max:
+        raise PgoError(
+            f"wait=false with cluster=local and cluster.parallel={top.cluster.parallel} < "
+            f"{n_tasks_max} folds: the local executor starts waiting folds from this process; "
+            "valid: wait=true, cluster.parallel>=the number of folds, or cluster=slurm"
+        )
+    if top.cluster.kind == "slurm":
+        from hpc_pgo.launch.executors import check_slurm_answers
+
+        check_slurm_answers()
+
+    if sweep is not None:
+        save_config(top, run_dir)
+        write_text_atomically(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n")
+    tasks, skipped = [], []
+    for name, sub_dir, cfg in runs:
+        todo = prepare_run_dir(cfg, sub_dir)
+        tasks.extend(FoldTask(sub_dir, k) for k in todo)
+        skipped.extend(f"{name + '/' if name else ''}fold_{k}" for k in cfg.folds if k not in todo)
+    array = launch_array(top, run_dir / SUBMITIT_DIR, tasks, report=ReportJob(run_dir))
+    log.info("run %s: %d fold task(s) submitted, %d skipped", run_dir, len(tasks), len(skipped))
+    return Submission(run_dir=run_dir, runs=runs, array=array, skipped=skipped, wait=bool(top.wait))
+
+
+def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]) -> None:
+    """error.txt for each failed fold that has none (killed, out of memory, a requeue limit)."""
+    errors = None
+    for i, state in enumerate(states):
+        if state != FAILED or i in recorded:
+            continue
+        recorded.add(i)
+        task = array.tasks[i]
+        path = fold_dir(task.run_dir, task.fold) / ERROR_FILE
+        if path.exists():
+            continue
+        errors = array.errors() if errors is None else errors
+        line = errors.get(i, "the job ended without metrics.json and without error.txt")
+        write_text_atomically(path, f"job {array.jobs[i].job_id}: {line}\n")
+
+
+def wait(
+    submission: Submission,
+    progress: bool = True,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+) -> dict[str, int]:
+    """Block until every fold task is done or failed. Returns {"done": n, "failed": n}.
+
+    The bar counts finished folds (done + failed); its postfix shows running and failed.
+    timeout_s: give up after this long with TimeoutError naming the unfinished folds (the jobs
+    are left as they are).
+    """
+    array = submission.array
+    recorded: set[int] = set()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    shown: dict[str, int] = {}
+    with tqdm(total=len(array.tasks), desc="folds", unit="fold", disable=not progress) as bar:
+        while True:
+            states = array.poll()
+            _record_scheduler_errors(array, states, recorded)
+            finished = sum(s in (DONE, FAILED) for s in states)
+            counts = {s: states.count(s) for s in (DONE, RUNNING, FAILED)}
+            if counts != shown:  # redraw on a change of state, not only when a fold finishes
+                bar.set_postfix(counts, refresh=False)
+                bar.n = finished
+                bar.refresh()
+                shown = counts
+            if finished == len(states):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                left = [f"{array.tasks[i].run_dir}/fold_{array.tasks[i].fold}: {s}"
+                        for i, s in enumerate(states) if s not in (DONE, FAILED)]  # fmt: skip
+                raise TimeoutError(
+                    f"{len(left)} fold(s) unfinished after {timeout_s:.0f} s: {left}"
+                )
+            time.sleep(poll_s)
+    return {"done": states.count(DONE), "failed": states.count(FAILED)}
+
+
+def report_text(submission: Submission) -> str:
+    """Write the run's report now and return the table to print."""
+    return report(submission.run_dir)

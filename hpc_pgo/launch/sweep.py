@@ -1,0 +1,118 @@
+"""Sweeps: configs/sweep/<name>.yaml lists configurations; each runs every fold, all as ONE array.
+
+A sweep file (config, not code):
+
+    title: "Table 3: ablation"                     # the report table's heading
+    columns: [Exp., Encoding RNA-seq, Fusion]      # label columns of the side-by-side table
+    runs:
+      - name: exp1-snn-concat                      # sub-run directory <run_dir>/<name>/
+        labels: {Exp.: 1, Encoding RNA-seq: SNN, Fusion: Concat}
+        overrides: [model.genomic.rna_encoder=snn, balance.mode=none]
+
+A configuration is composed from the command line's tokens followed by its overrides (so the
+sweep wins for the keys it sets; group choices such as model=kronecker are tokens too).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from hpc_pgo.config import compose, find_config_dir, load_yaml
+from hpc_pgo.errors import PgoError
+
+SWEEP_FOLDER = "sweep"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One configuration of a sweep: its sub-run name, table labels and override tokens."""
+
+    name: str
+    labels: dict
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file."""
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    runs: tuple[SweepRun, ...]
+
+    def as_dict(self) -> dict:
+        """The JSON form written to <run_dir>/sweep.json (what the report reads)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "columns": list(self.columns),
+            "runs": [
+                {"name": r.name, "labels": r.labels, "overrides": list(r.overrides)}
+                for r in self.runs
+            ],
+        }
+
+
+def sweep_choices(config_dir: str | Path | None = None) -> list[str]:
+    """The sweep names available: the .yaml stems of configs/sweep/."""
+    return sorted(p.stem for p in (find_config_dir(config_dir) / SWEEP_FOLDER).glob("*.yaml"))
+
+
+def load_sweep(name: str, config_dir: str | Path | None = None) -> Sweep:
+    """Read and check configs/sweep/<name>.yaml; PgoError naming the file and the broken rule."""
+    valid = sweep_choices(config_dir)
+    if name not in valid:
+        raise PgoError(
+            f"unknown sweep {name!r} (in 'sweep={name}'); valid: {', '.join(valid) or 'none'}"
+        )
+    path = find_config_dir(config_dir) / SWEEP_FOLDER / f"{name}.yaml"
+    tree = load_yaml(path)
+    runs = tree.get("runs")
+    if not isinstance(runs, ListConfig) or not runs:
+        raise PgoError(
+            f"{path}: key 'runs' must be a non-empty list of {{name, labels, overrides}}"
+        )
+    parsed, seen = [], set()
+    for i, run in enumerate(runs):
+        if not isinstance(run, DictConfig) or not _NAME.fullmatch(str(run.get("name", ""))):
+            raise PgoError(
+                f"{path}: runs[{i}] needs a name of letters, digits, '.', '_', '-' (it names a directory)"
+            )
+        if run.name in seen:
+            raise PgoError(
+                f"{path}: runs[{i}] repeats the name {run.name!r}; valid: distinct names"
+            )
+        seen.add(run.name)
+        overrides = run.get("overrides", [])
+        if not isinstance(overrides, ListConfig) or not all(isinstance(t, str) for t in overrides):
+            raise PgoError(
+                f"{path}: runs[{i}] ({run.name}): overrides must be a list of key=value texts"
+            )
+        labels = OmegaConf.to_container(run.get("labels", {}) or {})
+        parsed.append(SweepRun(name=str(run.name), labels=labels, overrides=tuple(overrides)))
+    return Sweep(
+        name=name,
+        title=str(tree.get("title", name)),
+        columns=tuple(str(c) for c in tree.get("columns", [])),
+        runs=tuple(parsed),
+    )
+
+
+def compose_sweep(
+    sweep: Sweep, args: Sequence[str], config_dir: str | Path | None = None
+) -> list[tuple[SweepRun, DictConfig]]:
+    """The composed config of each sweep configuration: compose(args + run.overrides)."""
+    out = []
+    for run in sweep.runs:
+        try:
+            out.append((run, compose([*args, *run.overrides], config_dir=config_dir)))
+        except PgoError as err:
+            raise PgoError(f"sweep={sweep.name}, run {run.name}: {err}") from err
+    return out

@@ -1,0 +1,173 @@
+"""The fold as a checkpointable submitit task: set up the ranks, call the fold entry, requeue.
+
+As dinov2's Trainer: ``FoldTask.__call__`` exports the rendezvous variables once
+(hpc_pgo.launch.env), loads the run's saved config and calls the ordinary fold entry
+``cfg.launch.fold_fn(cfg, fold, run_dir)`` (default ``hpc_pgo.train.fold.train_fold``), which
+knows nothing of Slurm. ``checkpoint()`` returns a DelayedSubmission of a fresh FoldTask: on
+timeout (USR2, ``signal_delay_s`` before the limit) or preemption, submitit requeues only this
+array element, and the fold entry resumes from its last checkpoint in run_dir/fold_<k>/checkpoints.
+
+A fold that fails leaves run_dir/fold_<k>/error.txt (the exception's one-line summary, then the
+traceback); the fold entry may write it itself, otherwise the task does. The task then re-raises,
+so that the scheduler records the failure; the other folds of the array go on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import submitit
+
+from hpc_pgo.config import load_config
+from hpc_pgo.errors import PgoError
+from hpc_pgo.launch.env import export_rendezvous
+from hpc_pgo.launch.plan import fold_dir, plan_array
+
+log = logging.getLogger(__name__)
+
+ERROR_FILE = "error.txt"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def resolve_fold_fn(dotted: str) -> Callable:
+    """The function named by a dotted path 'package.module.function' (cfg.launch.fold_fn)."""
+    module_name, _, attr = str(dotted).rpartition(".")
+    if not module_name:
+        raise PgoError(
+            f"launch.fold_fn={dotted!r} is not a dotted path; valid: package.module.function, "
+            "e.g. hpc_pgo.train.fold.train_fold"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise PgoError(
+            f"launch.fold_fn={dotted!r}: module {module_name!r} cannot be imported ({err}); valid: "
+            "an importable module, e.g. hpc_pgo.train.fold.train_fold"
+        ) from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise PgoError(f"launch.fold_fn={dotted!r}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def error_summary(err: BaseException) -> str:
+    """'<Type>: <first line of the message>', the line the report shows for a failed fold."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else '(no message)'}"
+
+
+class _StopOnWarning:
+    """While the fold runs, submitit's warning signal (USR2: time limit near, or preemption)
+    asks the fold entry to checkpoint and return, through its module's ``request_stop()``.
+
+    submitit installs its handler (checkpoint() + requeue + exit) before calling the task;
+    run as it is, it would end the process mid-step and lose the work since the last periodic
+    checkpoint. Here the handler only sets a flag and calls request_stop(); when the fold entry
+    has returned {"status": "stopped"} (after its checkpoint), ``requeue()`` hands the signal to
+    submitit's handler. A fold entry without request_stop keeps submitit's behaviour.
+    """
+
+    def __init__(self, fold_fn: Callable) -> None:
+        module = importlib.import_module(fold_fn.__module__)
+        self._request_stop = getattr(module, "request_stop", None)
+        self._signal = submitit.JobEnvironment._usr_sig()
+        self._previous = None
+        self.received: int | None = None
+
+    def __enter__(self) -> _StopOnWarning:
+        if callable(self._request_stop):
+            self._previous = signal.signal(self._signal, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        log.warning("signal %d: the fold checkpoints after its current step, then requeues", signum)
+        self.received = signum
+        self._request_stop()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(self._signal, self._previous)
+
+    def requeue(self) -> None:
+        """Call submitit's handler of the warning signal (it requeues this task and exits)."""
+        if callable(self._previous):
+            self._previous(self.received or self._signal, None)
+
+
+class FoldTask:
+    """One fold of a run, as a picklable, checkpointable submitit callable.
+
+    run_dir: the (sub-)run directory holding config.yaml; the fold writes run_dir/fold_<fold>/.
+    Only paths and the fold number are pickled: the config is read from disk in the job, so a
+    requeued task sees exactly what was submitted.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, fold: int) -> None:
+        self.run_dir = str(run_dir)
+        self.fold = int(fold)
+
+    def __repr__(self) -> str:
+        return f"FoldTask(run_dir={self.run_dir!r}, fold={self.fold})"
+
+    def __call__(self) -> dict:
+        """Run the fold on this rank; returns the fold entry's result (metrics)."""
+        run_dir = Path(self.run_dir)
+        cfg = load_config(run_dir)
+        (plan,) = [p for p in plan_array(cfg) if p.fold == self.fold] or [None]
+        threads = plan.threads if plan is not None else 1
+        here = export_rendezvous(threads)
+        log.info(
+            "fold %d: rank %d of %d on %s:%d, %d threads",
+            self.fold, here.rank, here.world_size, here.master_addr, here.master_port, threads,
+        )  # fmt: skip
+        try:
+            fold_fn = resolve_fold_fn(cfg.launch.fold_fn)
+            with _StopOnWarning(fold_fn) as warning:
+                result = fold_fn(cfg, self.fold, run_dir)
+            if isinstance(result, dict) and result.get("status") == "stopped":
+                # stopped by the signal, or by its own budget (train.stop_after_minutes):
+                # submitit's handler calls checkpoint(), requeues this array element and exits
+                warning.requeue()
+            return result
+        except BaseException as err:
+            # SystemExit/KeyboardInterrupt come from submitit's requeue and scancel: not failures
+            if isinstance(err, Exception) and here.rank == 0:
+                self._record_error(run_dir, err)
+            raise
+
+    def _record_error(self, run_dir: Path, err: Exception) -> None:
+        """run_dir/fold_<k>/error.txt, unless the fold entry wrote its own (it knows more)."""
+        path = fold_dir(run_dir, self.fold) / ERROR_FILE
+        if path.exists():
+            return
+        write_text_atomically(path, error_summary(err) + "\n\n" + traceback.format_exc())
+
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on timeout or preemption: requeue a fresh copy of this fold.
+
+        The fold's state lives in its checkpoints on disk, not in this object, so a fresh task
+        resumes where the last checkpoint left off.
+        """
+        log.warning("fold %d: requeued; it resumes from its last checkpoint", self.fold)
+        return submitit.helpers.DelayedSubmission(FoldTask(self.run_dir, self.fold))

@@ -1,0 +1,574 @@
+"""Train one cross-validation fold of a config on shards: ``train_fold(cfg, fold, run_dir) -> metrics``.
+
+Runs on every rank of the fold, in a plain process, under torchrun or inside a submitit task
+(the caller only sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, or nothing for one
+process); it knows nothing of Slurm. What it writes, in ``RUN_DIR/fold_<k>/``:
+
+    config.yaml        the resolved config the fold trains (compared on resume)
+    standardizer.json  omics z-score statistics of the fold's train patients (rank 0 fits them)
+    modulation.csv     one row per optimizer step: step, epoch, rho_g, rho_p, k_g, k_p, loss
+                       (rho NaN without per-modality theta; k = 1 outside the balance window)
+    tensorboard/       the same scalars (and lr per group) for TensorBoard, rank 0
+    checkpoints/       DeepSpeed checkpoints (Engine.save: atomic, ``latest`` names the last
+                       complete one), every train.checkpoint_every epochs, every
+                       train.steps_per_checkpoint steps when set, when a budget runs out, at the end;
+                       only the newest is kept
+    predictions.csv    patient, unit, hazard (theta, log hazard, higher = worse), time, event: one
+                       row per test unit, from the FINAL model (no model selection on the test split)
+    metrics.json       fold C-index (patients' mean hazard, Harrell), loss per epoch, wall time,
+                       config_digest; written LAST: its presence marks the fold complete
+    error.txt          on a failure inside training (NaN loss, bad input): one line, then details
+
+The loop, per epoch e: ``make_loader(split="train", epoch=e, rank, world_size)`` (the stream is
+fixed by (seed, epoch, rank, world size, batch size)), ``Engine.train_step`` per batch. Before
+every step the torch RNG is seeded from (seed, fold, step, rank), so dropout masks depend on the
+step, not on the history of the process: a run resumed from a checkpoint at (epoch, batch) skips
+the batches already done and continues bit for bit as the uninterrupted run would.
+
+Budgets (train.stop_after_steps, train.stop_after_minutes, or ``request_stop()`` from a signal
+handler) end a call early: the fold checkpoints and returns ``{"status": "stopped", ...}``; the
+next call resumes. A NaN loss stops the fold with a PgoError; the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from hpc_pgo.config import EXECUTION_KEYS, config_digest, load_config, save_config
+from hpc_pgo.errors import PgoError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+MODULATION = "modulation.csv"
+STANDARDIZER = "standardizer.json"
+ERROR = "error.txt"
+TENSORBOARD = "tensorboard"
+FOLD_CONFIG = "config.yaml"
+MODULATION_COLUMNS = ("step", "epoch", "rho_g", "rho_p", "k_g", "k_p", "loss")
+# EXECUTION_KEYS include the budgets (train.stop_after_*, steps_per_checkpoint): they decide how
+# far one call goes, not what the fold computes, so a run may resume with other values.
+RESUME_EXCLUDE = EXECUTION_KEYS
+_TEST_BATCH = 64  # units per evaluation batch and rank (no gradient: memory is not the limit)
+
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """Ask the running fold to checkpoint after its current step and return (e.g. from a signal
+    handler before a time limit). Every rank's request counts; the ranks agree by all-reduce."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def _clear_stop_request() -> None:
+    global _stop_requested
+    _stop_requested = False
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    """Where fold k of a run writes: <run_dir>/fold_<k>."""
+    return Path(run_dir) / f"fold_{fold}"
+
+
+# --------------------------------------------------------------------------- small file helpers
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file beside path, then rename it over path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def config_changes(
+    old: DictConfig, new: DictConfig, exclude: Sequence[str] = RESUME_EXCLUDE
+) -> list[str]:
+    """'key: old -> new' for every key whose value differs (excluded keys and their children ignored)."""
+
+    def kept(cfg: DictConfig) -> dict[str, object]:
+        flat = _leaves(OmegaConf.to_container(cfg, resolve=True))
+        return {
+            k: v
+            for k, v in flat.items()
+            if not any(k == e or k.startswith(e + ".") for e in exclude)
+        }
+
+    a, b = kept(old), kept(new)
+    return [
+        f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, "(absent)") != b.get(key, "(absent)")
+    ]
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True when `flag` is true on any rank (collective when there are several ranks)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's value on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def step_seed(seed: int, fold: int, step: int, rank: int) -> int:
+    """The torch seed of optimizer step `step` on `rank`: a fixed function of its arguments."""
+    return (((seed * 1_000_003 + fold) * 1_000_033 + step) * 1_009 + rank) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- fold state on disk
+
+
+def read_metrics(out: Path) -> dict | None:
+    """metrics.json of a fold directory, or None when absent or unreadable (an unfinished fold)."""
+    try:
+        return json.loads((out / METRICS).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _check_same_config(cfg: DictConfig, out: Path, what: str) -> None:
+    """Refuse to continue `what` (a checkpoint, finished outputs) written under another config."""
+    saved = out / FOLD_CONFIG
+    if not saved.is_file():
+        return
+    changes = config_changes(load_config(saved), cfg)
+    if changes:
+        shown = "; ".join(changes[:6]) + (
+            f"; ... {len(changes) - 6} more" if len(changes) > 6 else ""
+        )
+        raise PgoError(
+            f"{out}: {what} was written by another config ({shown}); valid: the same config, "
+            "another run_dir, or force=true to start the fold again"
+        )
+
+
+def _truncate_modulation(path: Path, last_step: int) -> None:
+    """Keep the rows of steps <= last_step (those after the checkpoint will be trained again)."""
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(float(r["step"])) <= last_step]
+    lines = [",".join(MODULATION_COLUMNS)] + [
+        ",".join(r[c] for c in MODULATION_COLUMNS) for r in rows
+    ]
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def loss_per_epoch(path: Path) -> list[float]:
+    """Mean training loss of each epoch, from modulation.csv."""
+    sums: dict[int, list[float]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            sums.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
+    return [sum(v) / len(v) for _, v in sorted(sums.items())]
+
+
+# --------------------------------------------------------------------------- the fold
+
+
+class FoldLog:
+    """Rank 0's per-step log: modulation.csv (appended, flushed per row) and TensorBoard scalars."""
+
+    def __init__(self, out: Path, *, enabled: bool, first_step: int) -> None:
+        self.enabled = enabled
+        self.csv = None
+        self.tb = None
+        if not enabled:
+            return
+        path = out / MODULATION
+        new = not path.is_file()
+        self.csv = path.open("a", encoding="utf-8")
+        if new:
+            self.csv.write(",".join(MODULATION_COLUMNS) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides the events of steps after the checkpoint (step first_step) that an
+        # interrupted call logged; they are trained and logged again
+        self.tb = SummaryWriter(
+            str(out / TENSORBOARD), purge_step=first_step + 1 if first_step else None
+        )
+
+    def step(self, epoch: int, stats: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        step = int(stats["step"])
+        row = {**stats, "step": step, "epoch": epoch}
+        self.csv.write(",".join(_fmt(row[c]) for c in MODULATION_COLUMNS) + "\n")
+        self.csv.flush()
+        for key, value in stats.items():
+            if key != "step" and math.isfinite(value):
+                self.tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self.csv is not None:
+            self.csv.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _fold_inputs(cfg: DictConfig, fold: int):
+    """(FoldData, model, fields to load, image size) after checking the shards have the fields.
+
+    fields: {"groups": omics groups (z-scored), "embeddings": per-patient embedding fields of
+    `pgo-shards embed-rna` (served as stored)}, each the sorted fields the model reads.
+    """
+    from hpc_pgo.data.loader import open_fold
+    from hpc_pgo.models import build_model
+
+    data = open_fold(Path(str(cfg.data.shards)), fold)
+    embedded = dict(getattr(data, "embeddings", {}))  # field -> width, from `pgo-shards embed-rna`
+    feature_dims = {**{group: len(names) for group, names in data.groups.items()}, **embedded}
+    uses_image = "image" in cfg.model.modalities
+    image_size = int(cfg.data.image_size) if uses_image else None
+    torch.manual_seed(int(cfg.seed) + fold)  # identical initial weights on every rank
+    model = build_model(cfg.model, feature_dims=feature_dims, image_size=image_size)
+    available = set(feature_dims) | ({"image"} if data.image is not None else set())
+    model.check_fields(available, source=f"shard set {data.shard_dir} (manifest.json)")
+    fields = {
+        "groups": sorted(f for f in model.required_fields if f in data.groups),
+        "embeddings": sorted(f for f in model.required_fields if f in embedded),
+    }
+    return data, model, fields, image_size
+
+
+def _standardizer(data, groups: list[str], out: Path, is_main: bool):
+    """Rank 0 fits the fold's z-score statistics once and saves them; every rank loads the file."""
+    from hpc_pgo.data.loader import Standardizer
+
+    if not groups:
+        return None
+    path = out / STANDARDIZER
+    if is_main and not path.is_file():
+        Standardizer.fit(data.shard_dir, data.train, groups).save(path)
+    _barrier()
+    return Standardizer.load(path)
+
+
+def _clear_fold(out: Path) -> None:
+    """Remove a fold's outputs (force=true), keeping the directory."""
+    if not out.is_dir():
+        return
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _prune_checkpoints(ckpt_dir: Path, keep: Path) -> None:
+    """Delete every step tag but `keep` (checkpoints hold the optimizer state: they are large)."""
+    for child in ckpt_dir.iterdir():
+        if child.is_dir() and child.name.startswith("step") and child != keep:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def train_fold(cfg: DictConfig, fold: int, run_dir: Path) -> dict:
+    """Train fold `fold` of `cfg` and write RUN_DIR/fold_<k>/ (module docstring); the fold's metrics.
+
+    Collective: call it on every rank. Resumes from fold_<k>/checkpoints when a checkpoint
+    exists (refusing one written under another config, naming the keys that differ). Returns
+    metrics.json's content at once when the fold is complete under the same config_digest,
+    unless cfg.force (which starts the fold again). When a budget stops the call early, returns
+    {"status": "stopped", "fold", "step", "epoch"} after checkpointing. Raises PgoError on bad
+    input and on a NaN/inf loss (error.txt written; the last good checkpoint kept).
+    """
+    from hpc_pgo.engine import setup_distributed, teardown_distributed
+
+    started = time.monotonic()
+    out = fold_dir(Path(run_dir), fold)
+    # RANK is set for every rank of a multi-rank fold; rank 0 alone writes error.txt
+    is_main = os.environ.get("RANK", "0") == "0"
+    try:
+        # Before any process group starts: a complete fold returns at once, bad input fails fast.
+        digest = config_digest(cfg)
+        done = None if cfg.force else read_metrics(out)
+        if done is not None:
+            if done.get("config_digest") == digest:
+                log.info("fold %d is complete (%s); nothing to do", fold, out / METRICS)
+                return done
+            _check_same_config(cfg, out, "metrics.json")
+        inputs = _fold_inputs(cfg, fold)
+        if not dist.is_initialized():
+            # The group stays up for later folds in this process (DeepSpeed caches it: a destroyed
+            # and re-created group breaks the next engine) and ends at exit (else gloo may abort).
+            atexit.register(teardown_distributed)
+        env = setup_distributed()
+        return _train_fold(cfg, fold, out, env, started, inputs, digest)
+    except PgoError as err:
+        if is_main:
+            write_atomic(out / ERROR, f"PgoError: {err}\n")
+        raise
+
+
+def _train_fold(
+    cfg: DictConfig, fold: int, out: Path, env, started: float, inputs: tuple, digest: str
+) -> dict:
+    if cfg.force:
+        if env.is_main:
+            _clear_fold(out)
+        _barrier()
+    ckpt_dir = out / CHECKPOINTS
+    resuming = (ckpt_dir / "latest").is_file() and not cfg.force
+    if resuming:
+        _check_same_config(cfg, out, f"the checkpoint in {ckpt_dir}")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ERROR).unlink(missing_ok=True)
+        if not resuming:
+            (out / MODULATION).unlink(missing_ok=True)
+            save_config(cfg, out)
+    _barrier()
+
+    data, model, fields, image_size = inputs
+    standardizer = _standardizer(data, fields["groups"], out, env.is_main)
+    # only when asked for: make_loader takes `embeddings` since `pgo-shards embed-rna` exists
+    extra = {"embeddings": fields["embeddings"]} if fields["embeddings"] else {}
+    world, rank = env.world_size, env.rank
+    micro = int(cfg.train.batch_size) // world
+    seed, epochs = int(cfg.seed), int(cfg.train.epochs)
+
+    from hpc_pgo.data.loader import make_loader
+    from hpc_pgo.engine import build_engine
+
+    def loader(split: str, epoch: int, batch_size: int):
+        return make_loader(
+            data.shard_dir, fold, split, batch_size=batch_size, groups=fields["groups"],
+            image_size=image_size, standardizer=standardizer, rank=rank, world_size=world,
+            epoch=epoch, seed=seed, num_workers=int(cfg.train.num_workers),
+            shuffle_buffer=int(cfg.train.shuffle_buffer), **extra,
+        )  # fmt: skip
+
+    steps_per_epoch = len(loader("train", 0, micro))
+    if steps_per_epoch == 0:
+        raise PgoError(
+            f"fold {fold} of {data.shard_dir} has {data.units('train')} train units, fewer than "
+            f"train.batch_size={cfg.train.batch_size}; valid: a smaller train.batch_size"
+        )
+    engine = build_engine(model, cfg, steps_per_epoch=steps_per_epoch, dist_env=env)
+
+    resume_digest = config_digest(cfg, exclude=RESUME_EXCLUDE)
+    epoch, batch_index, wall_before, calls = 0, 0, 0.0, 1
+    if resuming:
+        state = engine.load(ckpt_dir)
+        if state.get("config_digest") != resume_digest:
+            raise PgoError(
+                f"{ckpt_dir}: checkpoint of another config (config digest "
+                f"{str(state.get('config_digest'))[:12]}..., this config {resume_digest[:12]}...); "
+                "valid: the same config, another run_dir, or force=true"
+            )
+        if state.get("world_size") != world:
+            raise PgoError(
+                f"{ckpt_dir}: checkpoint written by {state.get('world_size')} rank(s), this run "
+                f"has {world}; the data stream depends on it; valid: the same ranks per fold"
+            )
+        epoch, batch_index = int(state["epoch"]), int(state["batch"])
+        wall_before, calls = float(state["wall_s"]), int(state["calls"]) + 1
+        if env.is_main:
+            _truncate_modulation(out / MODULATION, engine.global_step)
+        log.info(
+            "fold %d: resumed at epoch %d, batch %d (step %d)",
+            fold,
+            epoch,
+            batch_index,
+            engine.global_step,
+        )
+
+    def save(next_epoch: int, next_batch: int) -> None:
+        state = {
+            "epoch": next_epoch, "batch": next_batch, "config_digest": resume_digest,
+            "world_size": world, "wall_s": wall_before + time.monotonic() - started,
+            "calls": calls, "fold": fold,
+        }  # fmt: skip
+        tag = engine.save(ckpt_dir, client_state=state)
+        if env.is_main:
+            _prune_checkpoints(ckpt_dir, tag)
+
+    budget_steps = cfg.train.stop_after_steps
+    budget_s = None if cfg.train.stop_after_minutes is None else 60.0 * cfg.train.stop_after_minutes
+    every_steps = cfg.train.steps_per_checkpoint
+    fold_log = FoldLog(out, enabled=env.is_main, first_step=engine.global_step if resuming else 0)
+    bar = _progress(env.is_main, epochs * steps_per_epoch, engine.global_step, fold)
+    steps_here = 0
+    try:
+        while epoch < epochs:
+            for b, batch in enumerate(loader("train", epoch, micro)):
+                if b < batch_index:
+                    continue  # done before the checkpoint this call resumed from
+                torch.manual_seed(step_seed(seed, fold, engine.global_step, rank))
+                stats = engine.train_step(batch, epoch)
+                fold_log.step(epoch, stats)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}", refresh=False)
+                steps_here += 1
+                at = (epoch, b + 1) if b + 1 < steps_per_epoch else (epoch + 1, 0)
+                over = (budget_steps is not None and steps_here >= budget_steps) or (
+                    budget_s is not None and time.monotonic() - started >= budget_s
+                )
+                stop = _any_rank(over or _stop_requested)
+                last_of_epoch = at[1] == 0
+                periodic = (
+                    last_of_epoch
+                    and ((epoch + 1) % int(cfg.train.checkpoint_every) == 0 or at[0] == epochs)
+                ) or (every_steps is not None and engine.global_step % int(every_steps) == 0)
+                if periodic or stop:
+                    save(*at)
+                if stop and at[0] < epochs:
+                    _clear_stop_request()
+                    log.info(
+                        "fold %d: stopped at step %d by its budget; checkpoint saved",
+                        fold,
+                        engine.global_step,
+                    )
+                    return {
+                        "status": "stopped",
+                        "fold": fold,
+                        "step": engine.global_step,
+                        "epoch": at[0],
+                    }
+            epoch, batch_index = epoch + 1, 0
+    finally:
+        bar.close()
+        fold_log.close()
+
+    predictions = _predict(engine, loader, fold)
+    metrics = None
+    if env.is_main:
+        metrics = _finish(
+            out,
+            predictions,
+            cfg,
+            fold,
+            digest,
+            engine,
+            env,
+            wall_before + time.monotonic() - started,
+            calls,
+        )
+    return _from_rank0(metrics)
+
+
+def _progress(enabled: bool, total: int, initial: int, fold: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"fold {fold}",
+        unit="step",
+        disable=not enabled,
+        mininterval=1.0,
+    )
+
+
+@torch.no_grad()
+def _predict(engine, loader, fold: int) -> list[dict]:
+    """theta of every test unit once (each rank its share), gathered on every rank."""
+    rows = []
+    for batch in loader("test", 0, _TEST_BATCH):
+        if not batch["key"]:
+            continue
+        theta = engine.eval_theta(batch).cpu().double().tolist()
+        for i, key in enumerate(batch["key"]):
+            patient = batch["patient"][i]
+            unit = key[len(patient) + 2 :] if key.startswith(patient + "__") else key
+            rows.append(
+                {
+                    "patient": patient, "unit": unit, "hazard": theta[i],
+                    "time": float(batch["time"][i]), "event": int(batch["event"][i]),
+                }
+            )  # fmt: skip
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, rows)
+        rows = [row for part in parts for row in part]
+    return sorted(rows, key=lambda r: (r["patient"], r["unit"]))
+
+
+def _finish(
+    out: Path, rows: list[dict], cfg, fold, digest, engine, env, wall_s: float, calls: int
+) -> dict:
+    """Rank 0: predictions.csv, then metrics.json (last: it marks the fold complete)."""
+    import pandas as pd
+
+    from hpc_pgo.survival import fold_cindex, validate_predictions
+
+    frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event"])
+    validate_predictions(frame, where=f"fold {fold} predictions")
+    write_atomic(out / PREDICTIONS, frame.to_csv(index=False, float_format="%.10g"))
+    cindex = fold_cindex(frame)
+    losses = loss_per_epoch(out / MODULATION)
+    metrics = {
+        "fold": fold,
+        "status": "complete",
+        "cindex": cindex,
+        "n_test_patients": int(frame["patient"].nunique()),
+        "n_test_units": len(frame),
+        "n_test_events": int(frame.groupby("patient")["event"].first().sum()),
+        "epochs": int(cfg.train.epochs),
+        "steps": engine.global_step,
+        "loss_per_epoch": losses,
+        "loss_first_epoch": losses[0] if losses else None,
+        "loss_last_epoch": losses[-1] if losses else None,
+        "wall_time_s": round(wall_s, 3),
+        "calls": calls,
+        "world_size": env.world_size,
+        "device": env.device.type,
+        "dtype": str(engine.compute_dtype).replace("torch.", ""),
+        "config_digest": digest,
+    }
+    tb_dir = out / TENSORBOARD
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb_dir)) as writer:
+        writer.add_scalar("test/cindex", cindex, engine.global_step)
+    write_atomic(out / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    log.info("fold %d: C-index %.4f on %d test patients", fold, cindex, metrics["n_test_patients"])
+    return metrics

@@ -1,0 +1,205 @@
+"""The fold array on the real dev Slurm cluster, with real training (no mocks).
+
+(a) the 15 folds of a tiny config on the demo cohort as ONE array; the report job (afterany)
+    writes summary.json with 15 folds;
+(b) a fold sent submitit's warning signal mid-training checkpoints, requeues itself and resumes;
+    its predictions equal those of the uninterrupted run of (a);
+(c) one fold made to fail is reported with its error while the other finishes;
+(d) one fold on 2 nodes x 1 task trains as 2 DeepSpeed ranks and equals the 1-rank fold to 1e-5.
+The local executor path (e) is in test_submit_cli.py.
+
+The tiny config (conftest.tiny_args): genomic-only, 2 epochs of 7 steps, checkpoint every 2 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpc_pgo.launch.submission import Submission, submit, wait
+from tests.launch.conftest import _results_within, _scancel, tiny_args
+from tests.launch.test_dev_cluster import _final_states
+
+if TYPE_CHECKING:
+    from tests.launch.conftest import SlurmCluster
+
+N_FOLDS = 15
+ARRAY_GUARD_S = 600  # 15 folds two at a time on the 2 one-CPU nodes take ~3 min
+FOLD_GUARD_S = 240
+
+
+def wait_or_cancel(sub: Submission, timeout_s: float) -> dict[str, int]:
+    """wait() with a guard: after timeout_s the jobs are cancelled and the test fails."""
+    try:
+        return wait(sub, progress=False, poll_s=0.5, timeout_s=timeout_s)
+    except TimeoutError as err:
+        _scancel(sorted({job_id.split("_")[0] for job_id in sub.array.job_ids()}))
+        logs = [job.stderr() or "" for job in sub.array.jobs.values()]
+        pytest.fail(f"{err}\nlast stderr: {logs[-1][-2000:]}", pytrace=False)
+
+
+def predictions(run_dir: Path, fold: int) -> pd.DataFrame:
+    df = pd.read_csv(
+        run_dir / f"fold_{fold}" / "predictions.csv", dtype={"patient": str, "unit": str}
+    )
+    return df.sort_values(["patient", "unit"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reference(slurm_cluster: SlurmCluster, demo_shards: Path, tmp_path_factory) -> Submission:
+    """(a)'s run: the 15 folds as one array, then the report job; done when the report job is."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    sub = submit(tiny_args(demo_shards, run_dir, "cluster=slurm_cpu", "folds=0-14"))
+    assert sub.array.report_job is not None
+    try:
+        _results_within([sub.array.report_job], ARRAY_GUARD_S)
+    finally:
+        _scancel(
+            sorted({job_id.split("_")[0] for job_id in sub.array.job_ids()})
+        )  # no-op when done
+    return sub
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_fifteen_folds_as_one_array_and_the_report_job_writes_the_summary(reference) -> None:
+    jobs = reference.array.job_ids()
+    assert len(jobs) == N_FOLDS and len({j.split("_")[0] for j in jobs}) == 1  # ONE array
+    assert sorted(int(j.split("_")[1]) for j in jobs) == list(range(N_FOLDS))
+    states = _final_states(jobs[0].split("_")[0], N_FOLDS)
+    assert all(s.endswith("|COMPLETED") for s in states), states
+
+    # written by the aggregation job (afterany on the array), before anyone else reported
+    summary = json.loads((reference.run_dir / "summary.json").read_text())
+    assert summary["n_folds"] == N_FOLDS
+    assert sorted(map(int, summary["c_index"]["per_fold"])) == list(range(N_FOLDS))
+    assert summary["failed_folds"] == {} and summary["missing_folds"] == []
+    for k in range(N_FOLDS):
+        metrics = json.loads((reference.run_dir / f"fold_{k}" / "metrics.json").read_text())
+        assert summary["c_index"]["per_fold"][str(k)] == pytest.approx(metrics["cindex"])
+        assert metrics["world_size"] == 1 and metrics["calls"] == 1
+    assert 0.0 < summary["c_index"]["ci95"] < 0.5
+    for name in ("summary.md", "km.png", "modulation.png"):
+        assert (reference.run_dir / name).stat().st_size > 0
+    # the same run submitted again: every fold finished with the same config, nothing to run
+    again = submit(reference_args(reference))
+    assert again.array.tasks == [] and len(again.skipped) == N_FOLDS
+
+
+def reference_args(reference: Submission) -> list[str]:
+    """The reference run's own command line, rebuilt from its saved config."""
+    cfg = reference.runs[0][2]
+    return tiny_args(Path(cfg.data.shards), reference.run_dir, "cluster=slurm_cpu", "folds=0-14")
+
+
+def _modulation_rows(fold_out: Path) -> int:
+    path = fold_out / "modulation.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
+
+
+def _release_when_requeued(job_id: str, deadline: float) -> None:
+    """Wait until the job is requeued (pending on its BeginTime), then make it eligible now."""
+    while True:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30
+        ).stdout
+        if "Restarts=1" in shown and "JobState=PENDING" in shown:
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
+            )
+            return
+        assert time.monotonic() < deadline, f"job {job_id} was not requeued: {shown}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_b_fold_signalled_mid_training_requeues_and_resumes_to_the_same_predictions(
+    reference, demo_shards: Path, tmp_path: Path
+) -> None:
+    fold = 3
+    sub = submit(tiny_args(demo_shards, tmp_path / "run", "cluster=slurm_cpu", f"folds={fold}"))
+    (job_id,) = sub.array.job_ids()
+    out = sub.run_dir / f"fold_{fold}"
+    deadline = time.monotonic() + FOLD_GUARD_S
+    while _modulation_rows(out) < 5:  # mid-training: after the checkpoint of step 4, of 14
+        assert time.monotonic() < deadline, "the fold never reached step 5"
+        assert not (out / "metrics.json").exists(), "the fold finished before it could be signalled"
+        time.sleep(0.05)
+    # submitit's warning signal, as Slurm sends it signal_delay_s before the time limit
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    # Slurm holds a requeued job for ~2 min (Reason=BeginTime); release it at once
+    _release_when_requeued(job_id, deadline)
+
+    counts = wait_or_cancel(sub, FOLD_GUARD_S)
+
+    assert counts == {"done": 1, "failed": 0}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["calls"] == 2  # stopped once, resumed once
+    log = sub.array.jobs[0].stderr() or ""
+    assert "resumes from its last checkpoint" in log or "requeue" in log.lower()
+    # the fold resumed: modulation.csv has each of the 14 steps once
+    steps = pd.read_csv(out / "modulation.csv")["step"].tolist()
+    assert steps == sorted(set(steps)) and len(steps) == 14
+    got, want = predictions(sub.run_dir, fold), predictions(reference.run_dir, fold)
+    assert got[["patient", "unit"]].equals(want[["patient", "unit"]])
+    np.testing.assert_allclose(got["hazard"], want["hazard"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_c_a_failing_fold_is_reported_while_the_other_finishes(
+    slurm_cluster: SlurmCluster, demo_shards: Path, tmp_path: Path, job_env, monkeypatch
+) -> None:
+    monkeypatch.setenv("PGO_TEST_FAIL_FOLD", "1")
+    sub = submit(
+        tiny_args(demo_shards, tmp_path / "run", "cluster=slurm_cpu", "folds=0-1",
+                  "launch.fold_fn=tests.launch.folds.failing_fold")
+    )  # fmt: skip
+
+    counts = wait_or_cancel(sub, FOLD_GUARD_S)
+
+    assert counts == {"done": 1, "failed": 1}
+    error = (sub.run_dir / "fold_1" / "error.txt").read_text()
+    assert error.startswith("RuntimeError: fold 1 made to fail by PGO_TEST_FAIL_FOLD")
+    (report_job,) = [sub.array.report_job]
+    _results_within([report_job], 60)
+    summary = json.loads((sub.run_dir / "summary.json").read_text())
+    assert list(summary["c_index"]["per_fold"]) == ["0"]
+    assert summary["failed_folds"] == {
+        "1": "RuntimeError: fold 1 made to fail by PGO_TEST_FAIL_FOLD"
+    }
+    states = dict(s.split("|") for s in _final_states(sub.array.job_ids()[0].split("_")[0], 2))
+    assert sorted(states.values()) == ["COMPLETED", "FAILED"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_d_one_fold_on_two_nodes_trains_as_two_ranks_and_equals_one_rank(
+    reference, slurm_cluster: SlurmCluster, demo_shards: Path, tmp_path: Path
+) -> None:
+    fold = 0
+    sub = submit(
+        tiny_args(demo_shards, tmp_path / "run", "cluster=slurm_cpu", f"folds={fold}",
+                  "cluster.nodes=2", "cluster.tasks_per_node=1")
+    )  # fmt: skip
+
+    assert wait_or_cancel(sub, FOLD_GUARD_S) == {"done": 1, "failed": 0}
+
+    metrics = json.loads((sub.run_dir / f"fold_{fold}" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    nodes = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", sub.array.job_ids()[0], "-o", "NNodes,NodeList"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout.split()  # fmt: skip
+    assert nodes and nodes[0].startswith("2|"), nodes
+    got, want = predictions(sub.run_dir, fold), predictions(reference.run_dir, fold)
+    assert got[["patient", "unit"]].equals(want[["patient", "unit"]])
+    np.testing.assert_allclose(got["hazard"], want["hazard"], rtol=0, atol=1e-5)

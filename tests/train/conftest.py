@@ -1,0 +1,47 @@
+"""Shared fixtures of the fold-training tests: real demo shard sets built once per session with
+`pgo-shards demo`, a composed config pointing at them, and a clean process environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import hpc_pgo  # noqa: F401  (before timm, see hpc_pgo/compat.py)
+from hpc_pgo.config import compose
+from hpc_pgo.data.cli import main as pgo_shards
+
+
+def build_demo(out: Path, *flags: str) -> Path:
+    """`pgo-shards demo --out OUT FLAGS` (real simulator, real shards); returns OUT."""
+    assert pgo_shards(["demo", "--out", str(out), "--no-progress", "--workers", "1", *flags]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory) -> Path:
+    """60 patients x 2 ROIs of 32 px: 96 train units, 24 test units per fold."""
+    out = tmp_path_factory.mktemp("shards") / "small"
+    return build_demo(out, "--patients", "60", "--rois", "2", "--image-size", "32")
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> Path:
+    """The demo cohort as `make demo` builds it (150 patients x 2 ROIs), at the preset's 64 px."""
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    return build_demo(out, "--image-size", "64")
+
+
+def fold_config(shards: Path, *args: str):
+    """A composed config on `shards`: no DataLoader workers (tests share 2 cores), one thread."""
+    return compose([f"data.shards={shards}", "train.num_workers=0", *args])
+
+
+@pytest.fixture(autouse=True)
+def clean_environment():
+    """train_fold exports the rendezvous variables of its 1-rank group; undo that after a test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
