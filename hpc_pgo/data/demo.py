@@ -76,9 +76,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +84,7 @@ import pandas as pd
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
+from hpc_pgo.atomic import write_bytes
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ def write_demo_cohort(
         rng = np.random.default_rng(patient_ss)
         for k in range(rois_per_patient):
             name = f"{patient}_{k}.png"
-            _write_atomic(roi_dir / name, _png_bytes(render_roi(u[i], image_size, rng)))
+            write_bytes(roi_dir / name, _png_bytes(render_roi(u[i], image_size, rng)))
             written.add(name)
     _remove_stale_rois(roi_dir, written)
 
@@ -195,11 +194,11 @@ def write_demo_cohort(
             "censor_time": censor_time,
         }
     )
-    _write_atomic(out_dir / "clinical.csv", _csv_bytes(clinical, "%.4f"))
-    _write_atomic(out_dir / "omics.csv", _csv_bytes(omics, "%.4f"))
-    _write_atomic(out_dir / "truth.csv", _csv_bytes(truth, "%.6f"))
+    write_bytes(out_dir / "clinical.csv", _csv_bytes(clinical, "%.4f"))
+    write_bytes(out_dir / "omics.csv", _csv_bytes(omics, "%.4f"))
+    write_bytes(out_dir / "truth.csv", _csv_bytes(truth, "%.6f"))
     spec_path = out_dir / "cohort.yaml"
-    _write_atomic(spec_path, yaml.safe_dump(demo_spec(seed), sort_keys=False).encode())
+    write_bytes(spec_path, yaml.safe_dump(demo_spec(seed), sort_keys=False).encode())
     log.info(
         "demo cohort: %d patients, %d ROIs of %d px, %d events (%.0f%% censored) in %s",
         n_patients,
@@ -404,19 +403,6 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def _csv_bytes(frame: pd.DataFrame, float_format: str) -> bytes:
     return frame.to_csv(index=False, float_format=float_format, lineterminator="\n").encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write data to a temporary file beside path, then rename it over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _remove_stale_rois(roi_dir: Path, keep: set[str]) -> None:

@@ -68,10 +68,8 @@ import io
 import json
 import logging
 import math
-import os
 import random
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +81,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from webdataset.tariterators import base_plus_ext
 
+from hpc_pgo.atomic import write_bytes
 from hpc_pgo.data.embed_rna import EmbeddingTable, read_embeddings
 from hpc_pgo.data.shards import MANIFEST, SCHEMA_VERSION, read_manifest
 from hpc_pgo.data.transforms import VIEWS, decode_image, normalize
@@ -774,7 +773,7 @@ class Standardizer:
                 for g in self.features
             },
         }
-        _write_atomic(Path(path), json.dumps(record, indent=1, sort_keys=True).encode())
+        write_bytes(Path(path), json.dumps(record, indent=1, sort_keys=True).encode())
 
     @classmethod
     def load(cls, path: Path | str) -> Standardizer:
@@ -820,19 +819,6 @@ def _check_groups(manifest: Mapping, groups: Sequence[str], shard_dir: Path) -> 
                 f"{shard_dir / MANIFEST}: no omics group '{group}' in this shard set; "
                 f"it has: {have}"
             )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write data to a temporary file beside path, then rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- the loader

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, config_digest, load_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.launch.plan import fold_dir
-from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, PREDICTIONS_FILE, write_text_atomically
+from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, PREDICTIONS_FILE
 from hpc_pgo.survival import fold_cindex, patient_hazards, read_predictions, summarize_cindex
 
 log = logging.getLogger(__name__)
@@ -234,10 +235,8 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
     summary["modulation_plot"] = plot_modulation(
         run_dir, sorted(patients), run_dir / MODULATION_PNG
     )
-    write_text_atomically(
-        run_dir / SUMMARY_JSON, json.dumps(summary, indent=1, sort_keys=True) + "\n"
-    )
-    write_text_atomically(run_dir / SUMMARY_MD, summary_markdown(summary, title))
+    write_text(run_dir / SUMMARY_JSON, json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_text(run_dir / SUMMARY_MD, summary_markdown(summary, title))
     return summary
 
 
@@ -264,9 +263,9 @@ def write_sweep_report(run_dir: str | os.PathLike) -> dict:
     summaries = {
         run["name"]: write_report(run_dir / run["name"], title=run["name"]) for run in sweep["runs"]
     }
-    write_text_atomically(run_dir / SWEEP_MD, sweep_table(sweep, summaries))
+    write_text(run_dir / SWEEP_MD, sweep_table(sweep, summaries))
     result = {"sweep": sweep["name"], "runs": summaries}
-    write_text_atomically(run_dir / SWEEP_JSON, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    write_text(run_dir / SWEEP_JSON, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from hpc_pgo.atomic import write_text
 from hpc_pgo.config import compose, resolve_run_dir, save_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array
@@ -28,7 +29,7 @@ from hpc_pgo.launch.plan import fold_dir
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
 from hpc_pgo.launch.rundir import SUBMITIT_DIR, check_run_dir, prepare_run_dir
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
-from hpc_pgo.launch.task import ERROR_FILE, FoldTask, resolve_fold_fn, write_text_atomically
+from hpc_pgo.launch.task import ERROR_FILE, FoldTask, resolve_fold_fn
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def submit(
 
     if sweep is not None:
         save_config(top, run_dir)
-        write_text_atomically(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n")
+        write_text(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n")
     tasks, skipped = [], []
     for name, sub_dir, cfg in runs:
         todo = prepare_run_dir(cfg, sub_dir)
@@ -137,7 +138,7 @@ def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]
             continue
         errors = array.errors() if errors is None else errors
         line = errors.get(i, "the job ended without metrics.json and without error.txt")
-        write_text_atomically(path, f"job {array.jobs[i].job_id}: {line}\n")
+        write_text(path, f"job {array.jobs[i].job_id}: {line}\n")
 
 
 def wait(

@@ -18,13 +18,13 @@ import importlib
 import logging
 import os
 import signal
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import submitit
 
+from hpc_pgo.atomic import write_text
 from hpc_pgo.config import load_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.launch.env import export_rendezvous
@@ -56,19 +56,6 @@ def resolve_fold_fn(dotted: str) -> Callable:
     if not callable(fn):
         raise PgoError(f"launch.fold_fn={dotted!r}: {module_name} has no function {attr!r}")
     return fn
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def error_summary(err: BaseException) -> str:
@@ -161,7 +148,7 @@ class FoldTask:
         path = fold_dir(run_dir, self.fold) / ERROR_FILE
         if path.exists():
             return
-        write_text_atomically(path, error_summary(err) + "\n\n" + traceback.format_exc())
+        write_text(path, error_summary(err) + "\n\n" + traceback.format_exc())
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on timeout or preemption: requeue a fresh copy of this fold.

@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from hpc_pgo.atomic import write_text
 from hpc_pgo.config import EXECUTION_KEYS, config_digest, load_config, save_config
 from hpc_pgo.errors import PgoError
 
@@ -89,19 +89,6 @@ def fold_dir(run_dir: Path, fold: int) -> Path:
 
 
 # --------------------------------------------------------------------------- small file helpers
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside path, then rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
@@ -198,7 +185,7 @@ def _truncate_modulation(path: Path, last_step: int) -> None:
     lines = [",".join(MODULATION_COLUMNS)] + [
         ",".join(r[c] for c in MODULATION_COLUMNS) for r in rows
     ]
-    write_atomic(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def loss_per_epoch(path: Path) -> list[float]:
@@ -344,7 +331,7 @@ def train_fold(cfg: DictConfig, fold: int, run_dir: Path) -> dict:
         return _train_fold(cfg, fold, out, env, started, inputs, digest)
     except PgoError as err:
         if is_main:
-            write_atomic(out / ERROR, f"PgoError: {err}\n")
+            write_text(out / ERROR, f"PgoError: {err}\n")
         raise
 
 
@@ -542,7 +529,7 @@ def _finish(
 
     frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event"])
     validate_predictions(frame, where=f"fold {fold} predictions")
-    write_atomic(out / PREDICTIONS, frame.to_csv(index=False, float_format="%.10g"))
+    write_text(out / PREDICTIONS, frame.to_csv(index=False, float_format="%.10g"))
     cindex = fold_cindex(frame)
     losses = loss_per_epoch(out / MODULATION)
     metrics = {
@@ -569,6 +556,6 @@ def _finish(
 
     with SummaryWriter(str(tb_dir)) as writer:
         writer.add_scalar("test/cindex", cindex, engine.global_step)
-    write_atomic(out / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    write_text(out / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     log.info("fold %d: C-index %.4f on %d test patients", fold, cindex, metrics["n_test_patients"])
     return metrics
