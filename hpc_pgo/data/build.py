@@ -14,6 +14,7 @@ On any error the temporary directory is removed and nothing is left at the outpu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,25 @@ def _place(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `out` to write a shard set into; on success move it to
+    `out` (replacing an old set), on any error delete it and the parents this call created."""
+    created = _make_parents(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
+    tmp.mkdir()
+    try:
+        yield tmp
+        _place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -481,11 +501,7 @@ def build_cohort(
     workers = default_workers() if workers is None else workers
     check_output_dir(out, force)
     inputs = gather_inputs(spec)
-    created = _make_parents(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
-    tmp.mkdir()
-    try:
+    with staged_output(out) as tmp:
         manifest = write_shards(
             inputs,
             spec,
@@ -496,13 +512,6 @@ def build_cohort(
             shard_max_count=shard_max_count,
         )
         write_manifest(tmp, manifest)
-        _place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in created:
-            if parent.exists() and not any(parent.iterdir()):
-                parent.rmdir()
-        raise
     c = manifest["counts"]
     log.info(
         "built %s: %d patients, %d units, %d shards, %d dropped",

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ import yaml
 from tqdm import tqdm
 
 import hpc_pgo
-from hpc_pgo.data.build import TAR_OPTIONS, _make_parents, _place, check_output_dir, json_bytes
+from hpc_pgo.data.build import TAR_OPTIONS, check_output_dir, json_bytes, staged_output
 from hpc_pgo.data.shards import (
     SCHEMA_VERSION,
     SHARD_GLOB,
@@ -317,11 +316,7 @@ def write_cells(
                 f"--h5ad {path}: none of the {n_cols} genes ({', '.join(genes[:3])}, ...) is in the "
                 "checkpoint's vocabulary; valid: HGNC symbols (pick the var column with --gene-col)"
             )
-        created = _make_parents(out)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with staged_output(out) as tmp:
             counts, dropped = _write_samples(
                 matrix, n_rows, types, obs_names, col_vocab, label_map, tmp,
                 where=f"layers/{layer}" if layer else "X", path=path, progress=progress,
@@ -359,13 +354,6 @@ def write_cells(
                 "shards": [shard_record(p) for p in sorted(tmp.glob(SHARD_GLOB))],
             }
             write_manifest(tmp, manifest)
-            _place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for parent in created:
-                if parent.exists() and not any(parent.iterdir()):
-                    parent.rmdir()
-            raise
     log.info(
         "wrote %s: %d cells, %d dropped", out, manifest["counts"]["cells"], sum(dropped.values())
     )
