@@ -28,3 +28,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """write_bytes of the UTF-8 encoding of text."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def save_torch(path: str | os.PathLike, obj: object) -> Path:
+    """torch.save(obj) to `path` atomically (serialised in memory, then write_bytes)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getvalue())

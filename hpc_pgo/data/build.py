@@ -15,6 +15,7 @@ On any error the temporary directory is removed and nothing is left at the outpu
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,7 +329,7 @@ def _make_parents(path: Path) -> list[Path]:
 def _place(tmp: Path, out: Path) -> None:
     """Move the finished shard set to `out`, replacing an old one (rename, rename, delete)."""
     if out.exists() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{_owner()}")
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old)
@@ -335,12 +337,46 @@ def _place(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+def _owner() -> str:
+    """'<host>-<pid>': names this process's temporary siblings of an output directory."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_stages(out: Path) -> list[Path]:
+    """Delete the temporary siblings of `out` (.<name>.tmp-<host>-<pid>, .<name>.old-<host>-<pid>)
+    left by builds on THIS host whose process is gone (killed with SIGKILL, or the node lost
+    power); another host's, or a live process's, are left alone. Returns what was deleted."""
+    host = socket.gethostname()
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            owner = path.name[len(f".{out.name}.{kind}-") :]
+            owner_host, _, pid = owner.rpartition("-")
+            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of `out` to write a shard set into; on success move it to
-    `out` (replacing an old set), on any error delete it and the parents this call created."""
+    `out` (replacing an old set), on any error delete it and the parents this call created.
+    Leftovers of killed builds on this host are deleted first (remove_stale_stages)."""
     created = _make_parents(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    for stale in remove_stale_stages(out):
+        log.warning("removed %s, left by a build that was killed", stale)
+    tmp = out.with_name(f".{out.name}.tmp-{_owner()}")
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
     tmp.mkdir()
     try:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpc_pgo import atomic
 from hpc_pgo.data.shards import MANIFEST, read_manifest, sha256_file, write_manifest
 from hpc_pgo.errors import PgoError
 
@@ -69,18 +69,15 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same arrays gi
 
 def write_side_car(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays as an .npz (zip of .npy, readable by np.load(allow_pickle=False)), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name in sorted(arrays):
-                buffer = io.BytesIO()
-                np.lib.format.write_array(
-                    buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False
-                )
-                zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME), buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(
+                buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False
+            )
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME), buffer.getvalue())
+    atomic.write_bytes(path, archive.getvalue())
 
 
 @dataclass(frozen=True)

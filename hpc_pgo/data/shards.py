@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections import Counter
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
+from hpc_pgo import atomic
 from hpc_pgo.errors import PgoError
 
 SCHEMA_VERSION = 1
@@ -42,14 +42,7 @@ def manifest_text(manifest: dict) -> str:
 
 def write_manifest(directory: Path | str, manifest: dict) -> Path:
     """Write manifest.json atomically (a temporary name in the same directory, then rename)."""
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(manifest_text(manifest))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_text(Path(directory) / MANIFEST, manifest_text(manifest))
 
 
 def read_manifest(directory: Path | str) -> dict:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpc_pgo import atomic
 from hpc_pgo.compat import ensure_torchtext_vocab
 from hpc_pgo.errors import PgoError
 from hpc_pgo.models.genomic import MLP
@@ -679,7 +680,6 @@ def save_mlp_a(
     (MLP's arguments), mix: whether it was trained with mix-up (None = not recorded)}.
     Readable with torch.load(weights_only=True).
     """
-    import os
 
     path = Path(path)
     meta = {
@@ -689,19 +689,8 @@ def save_mlp_a(
         "dims": {k: (float(v) if k == "dropout" else int(v)) for k, v in dims.items()},
         "mix": None if mix is None else bool(mix),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(
-            {
-                "state_dict": {k: v.detach().cpu() for k, v in mlp.state_dict().items()},
-                "meta": meta,
-            },
-            tmp,
-        )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    state = {k: v.detach().cpu() for k, v in mlp.state_dict().items()}
+    return atomic.save_torch(path, {"state_dict": state, "meta": meta})
 
 
 def load_mlp_a(path: str | Path, expected_scgpt_digest: str | None) -> tuple[MLP, dict]:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hpc_pgo import atomic
 from hpc_pgo.errors import PgoError
 from hpc_pgo.models.genomic import MLP
 
@@ -278,21 +279,11 @@ def _check_pretrain(cfg: DictConfig) -> None:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, json.dumps(value, indent=1, allow_nan=False) + "\n")
 
 
 def _save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.save_torch(path, {k: v.detach().cpu() for k, v in state.items()})
 
 
 # --------------------------------------------------------------------------- the loop

@@ -367,3 +367,23 @@ def test_omics_from_several_tables(tmp_path: Path) -> None:
             load_npy(sample["cnv.npy"]), truth.loc[patient, cnv_cols].to_numpy(np.float32)
         )
     assert all(len(f["test"]) == 2 for f in manifest["splits"]["folds"])
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(porpoise, tmp_path: Path) -> None:
+    """Stages of a dead process on this host go; another host's and a live process's stay."""
+    import socket
+    import subprocess
+
+    out = tmp_path / "kirc"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = [tmp_path / f".kirc.tmp-{host}-{dead.pid}", tmp_path / f".kirc.old-{host}-{dead.pid}"]
+    kept = [tmp_path / f".kirc.tmp-elsewhere-{dead.pid}", tmp_path / f".kirc.tmp-{host}-1"]
+    for path in stale + kept:
+        path.mkdir()
+        (path / "part.tar").write_bytes(b"half written")
+    assert main(["build", *porpoise.flags, "--out", str(out), "--workers", "1"]) == 0
+    assert verify(out).problems == []
+    assert not any(path.exists() for path in stale)
+    assert all((path / "part.tar").is_file() for path in kept)
