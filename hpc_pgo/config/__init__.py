@@ -3,6 +3,7 @@
 from hpc_pgo.config.compose import (
     CONFIG_DIR_ENV,
     compose,
+    compose_file,
     find_config_dir,
     group_choices,
     load_yaml,
@@ -22,6 +23,7 @@ __all__ = [
     "CONFIG_FILE",
     "EXECUTION_KEYS",
     "compose",
+    "compose_file",
     "config_digest",
     "find_config_dir",
     "format_folds",

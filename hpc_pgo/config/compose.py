@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -57,21 +57,24 @@ def find_config_dir(explicit: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def group_choices(configs: str | os.PathLike | None = None) -> dict[str, list[str]]:
-    """Every group named in base.yaml's `groups`, with its choices (the .yaml stems of its folder)."""
+def group_choices(
+    configs: str | os.PathLike | None = None, top_file: str = BASE_FILE
+) -> dict[str, list[str]]:
+    """Every group named in the top file's `groups` (base.yaml's by default), with its choices
+    (the .yaml stems of its folder)."""
     root = find_config_dir(configs)
-    base = load_yaml(root / BASE_FILE)
+    base = load_yaml(root / top_file)
     defaults = base.get(GROUPS_KEY)
     if not isinstance(defaults, DictConfig) or not defaults:
         raise PgoError(
-            f"{root / BASE_FILE}: key '{GROUPS_KEY}' must map each group to its default choice, "
+            f"{root / top_file}: key '{GROUPS_KEY}' must map each group to its default choice, "
             f"e.g. {GROUPS_KEY}: {{data: demo}}"
         )
     choices = {}
     for group in defaults:
         folder = root / str(group)
         if not folder.is_dir():
-            raise PgoError(f"{root / BASE_FILE}: group {group!r} has no folder {folder}")
+            raise PgoError(f"{root / top_file}: group {group!r} has no folder {folder}")
         choices[str(group)] = sorted(p.stem for p in folder.glob("*.yaml"))
     return choices
 
@@ -85,16 +88,29 @@ def compose(args: Sequence[str] = (), config_dir: str | os.PathLike | None = Non
     for a malformed token, an unknown key or group choice, a value of the wrong type or out of
     its valid set, and for folds outside 0 .. data.n_splits - 1.
     """
+    return compose_file(BASE_FILE, args, config_dir, finish=rules.finish)
+
+
+def compose_file(
+    top_file: str,
+    args: Sequence[str] = (),
+    config_dir: str | os.PathLike | None = None,
+    *,
+    finish: Callable[[DictConfig], None],
+) -> DictConfig:
+    """compose() for another top file of the configs folder (e.g. pretrain.yaml): the file, the
+    groups ITS `groups` key names, key=value overrides, resolved, then `finish(cfg)` (checks and
+    derived keys, in place). Same token rules and messages as compose()."""
     root = find_config_dir(config_dir)
-    available = group_choices(root)
+    available = group_choices(root, top_file)
     picked, overrides = _split_tokens(args, available)
 
-    cfg = load_yaml(root / BASE_FILE)
+    cfg = load_yaml(root / top_file)
     for group, names in available.items():
         choice = picked.get(group, cfg[GROUPS_KEY][group])
         if choice not in names:
             raise PgoError(
-                f"unknown choice {choice!r} for group {group!r} (in {_origin(group, choice, picked)}); "
+                f"unknown choice {choice!r} for group {group!r} (in {_origin(group, choice, picked, top_file)}); "
                 f"valid: {', '.join(names) or 'none: ' + str(root / group) + ' has no .yaml file'}"
             )
         cfg[GROUPS_KEY][group] = choice
@@ -112,7 +128,7 @@ def compose(args: Sequence[str] = (), config_dir: str | os.PathLike | None = Non
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise PgoError(f"cannot resolve the config: {_first_line(err)}") from err
-    rules.finish(cfg)
+    finish(cfg)
     return cfg
 
 
@@ -159,9 +175,9 @@ def _split_tokens(
     return picked, overrides
 
 
-def _origin(group: str, choice: str, picked: dict[str, str]) -> str:
+def _origin(group: str, choice: str, picked: dict[str, str], top_file: str = BASE_FILE) -> str:
     """Where a group's choice came from, for error messages."""
-    return f"'{group}={choice}'" if group in picked else f"{BASE_FILE} {GROUPS_KEY}.{group}"
+    return f"'{group}={choice}'" if group in picked else f"{top_file} {GROUPS_KEY}.{group}"
 
 
 def _open_pass_through_mappings(cfg: DictConfig) -> None:

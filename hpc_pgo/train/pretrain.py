@@ -48,7 +48,6 @@ from hpc_pgo.models.genomic import MLP
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pretrain.yaml"
-GROUPS = ("cluster", "deepspeed")
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 HEAD_FILE = "head.pt"
@@ -216,38 +215,14 @@ def compose_pretrain(
     Same rules as hpc_pgo.config.compose (unknown keys and wrong types refused with the closest
     valid keys); required: cells and scgpt.
     """
-    from hpc_pgo.config import find_config_dir, load_yaml, rules
+    from hpc_pgo.config import rules
+    from hpc_pgo.config.compose import compose_file
 
-    # compose's token handling is reused as is (same messages); it is private to that module
-    from hpc_pgo.config.compose import _apply_override, _open_pass_through_mappings, _split_tokens
+    def finish(cfg: DictConfig) -> None:
+        _check_pretrain(cfg)
+        rules.finish_launch(cfg)
 
-    root = find_config_dir(config_dir)
-    cfg = load_yaml(root / CONFIG_FILE)
-    available = {g: sorted(p.stem for p in (root / g).glob("*.yaml")) for g in GROUPS}
-    picked, overrides = _split_tokens(args, available)
-    for group in GROUPS:
-        choice = picked.get(group, cfg.groups[group])
-        if choice not in available[group]:
-            raise PgoError(
-                f"unknown choice {choice!r} for group {group!r}; valid: {', '.join(available[group])}"
-            )
-        cfg.groups[group] = choice
-        cfg[group] = load_yaml(root / group / f"{choice}.yaml")
-    OmegaConf.set_struct(cfg, True)
-    _open_pass_through_mappings(cfg)
-    for token in overrides:
-        _apply_override(cfg, token)
-    OmegaConf.resolve(cfg)
-    for check in (
-        rules._check_choices,
-        rules._check_bounds,
-        rules._check_name,
-        rules._check_local_nodes,
-    ):
-        check(cfg)
-    _check_pretrain(cfg)
-    rules._derive_micro_batch(cfg)
-    return cfg
+    return compose_file(CONFIG_FILE, args, config_dir, finish=finish)
 
 
 def _check_pretrain(cfg: DictConfig) -> None:
