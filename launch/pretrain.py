@@ -6,8 +6,9 @@
 
 Keys: configs/pretrain.yaml (plus the cluster and deepspeed groups). The job writes into
 run_dir: config.yaml, checkpoints/, metrics.json, head.pt and mlp_a.pt; run it again with the
-same run_dir to resume. A job that reaches its time limit checkpoints, is requeued by submitit
-and resumes. cluster=local waits for the job (progress in the log); Slurm returns at once unless
+same run_dir to resume (a killed job resumes from its last periodic checkpoint). On submitit's
+warning signal (Slurm sends it cluster.signal_delay_s before the time limit, and on preemption)
+every rank checkpoints after its current step, and the job is requeued and resumes. cluster=local waits for the job (progress in the log); Slurm returns at once unless
 --wait. Exit status: 0 ok, 1 the job failed, 2 bad input (`error: <one line>`).
 """
 
@@ -26,6 +27,7 @@ from hpc_pgo.engine.distributed import teardown_distributed
 from hpc_pgo.errors import PgoError
 from hpc_pgo.launch.env import export_rendezvous
 from hpc_pgo.launch.executors import check_slurm_answers, local_parameters, slurm_parameters
+from hpc_pgo.launch.task import StopOnWarning
 from hpc_pgo.train.pretrain import compose_pretrain, pretrain
 
 log = logging.getLogger("pretrain")
@@ -35,8 +37,9 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 class PretrainTask:
     """The job's callable on every rank: rendezvous from submitit's environment, then pretrain().
 
-    Only run_dir is pickled; the config is read from run_dir/config.yaml in the job. On timeout or
-    preemption ``checkpoint`` requeues a fresh copy, which resumes from run_dir/checkpoints.
+    Only run_dir is pickled; the config is read from run_dir/config.yaml in the job. The warning
+    signal stops pretrain() after its current step with a checkpoint (StopOnWarning, as a fold's);
+    then submitit's ``checkpoint`` requeues a fresh copy, which resumes from run_dir/checkpoints.
     """
 
     def __init__(self, run_dir: str) -> None:
@@ -54,9 +57,12 @@ class PretrainTask:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         try:
-            result = pretrain(cfg, self.run_dir)
+            with StopOnWarning(pretrain) as warning:
+                result = pretrain(cfg, self.run_dir)
         finally:
             teardown_distributed()
+        if result["stopped"] == "signal":
+            warning.requeue()  # submitit's handler: checkpoint() (a fresh copy), requeue, exit
         return {k: v for k, v in result.items() if k != "losses"} | {
             "last_loss": result["losses"][-1]
         }

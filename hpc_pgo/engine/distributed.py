@@ -154,6 +154,15 @@ def setup_distributed() -> DistEnv:
     )
 
 
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is true on any rank (collective when there are several ranks)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def teardown_distributed() -> None:
     """Destroy the process group if one is up (ends gloo cleanly; without it 2-4% of exits abort)."""
     if dist.is_available() and dist.is_initialized():

@@ -64,8 +64,8 @@ def error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else '(no message)'}"
 
 
-class _StopOnWarning:
-    """While the fold runs, submitit's warning signal (USR2: time limit near, or preemption)
+class StopOnWarning:
+    """While the fold (or MLP-A pretraining, launch/pretrain.py) runs, submitit's warning signal (USR2: time limit near, or preemption)
     asks the fold entry to checkpoint and return, through its module's ``request_stop()``.
 
     submitit installs its handler (checkpoint() + requeue + exit) before calling the task;
@@ -82,7 +82,7 @@ class _StopOnWarning:
         self._previous = None
         self.received: int | None = None
 
-    def __enter__(self) -> _StopOnWarning:
+    def __enter__(self) -> StopOnWarning:
         if callable(self._request_stop):
             self._previous = signal.signal(self._signal, self._on_signal)
         return self
@@ -130,7 +130,7 @@ class FoldTask:
         )  # fmt: skip
         try:
             fold_fn = resolve_fold_fn(cfg.launch.fold_fn)
-            with _StopOnWarning(fold_fn) as warning:
+            with StopOnWarning(fold_fn) as warning:
                 result = fold_fn(cfg, self.fold, run_dir)
             if isinstance(result, dict) and result.get("status") == "stopped":
                 # stopped by the signal, or by its own budget (train.stop_after_minutes):

@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import EXECUTION_KEYS, config_digest, load_config, save_config
+from hpc_pgo.engine.distributed import any_rank
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
@@ -124,15 +125,6 @@ def config_changes(
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def _any_rank(flag: bool) -> bool:
-    """True when `flag` is true on any rank (collective when there are several ranks)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def _from_rank0(value: Any) -> Any:
@@ -439,7 +431,7 @@ def _train_fold(
                 over = (budget_steps is not None and steps_here >= budget_steps) or (
                     budget_s is not None and time.monotonic() - started >= budget_s
                 )
-                stop = _any_rank(over or _stop_requested)
+                stop = any_rank(over or _stop_requested)
                 last_of_epoch = at[1] == 0
                 periodic = (
                     last_of_epoch

@@ -19,7 +19,9 @@ over all ranks, B/W per rank):
 
 Checkpoints (hpc_pgo.engine's atomic save: a complete tag, then `latest`) go to
 <run_dir>/checkpoints every train.checkpoint_every steps and at the end; a run that finds one
-resumes from it. train.stop_after ends a run early (with a checkpoint) after that many steps.
+resumes from it. train.stop_after ends a run early (with a checkpoint) after that many steps;
+``request_stop()`` (called by launch/pretrain.py on submitit's warning signal: the time limit is
+near, or the job is preempted) ends it after the current step, with a checkpoint, on every rank.
 At the end rank 0 writes mlp_a.pt (hpc_pgo.models.scgpt.save_mlp_a: MLP-A's state dict + the
 scGPT checkpoint digest, vocab digest and class names), head.pt (MLP-A + classifier state dict)
 and metrics.json (losses per step, mix flag).
@@ -52,6 +54,15 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 HEAD_FILE = "head.pt"
 MLP_A_FILE = "mlp_a.pt"
+
+
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """Ask a running pretrain() to checkpoint after its current step and return (signal-safe)."""
+    global _stop_requested
+    _stop_requested = True
 
 
 # --------------------------------------------------------------------------- mix-up (pure)
@@ -271,12 +282,14 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     mlp_a.pt, head.pt). The process group is started here (setup_distributed) and left up: the
     caller ends it with hpc_pgo.engine.distributed.teardown_distributed() once done (DeepSpeed
     caches its groups, so a second run in the same process must reuse the same group). Returns {"step": steps done, "done": bool, "losses": [global mean loss
-    per step, all steps so far], "mlp_a": path or None}.
+    per step, all steps so far], "mlp_a": path or None, "stopped": None, "stop_after" (its
+    budget) or "signal" (request_stop() on some rank)}.
     """
+    global _stop_requested
     import deepspeed
 
     from hpc_pgo.data.cells import load_cells
-    from hpc_pgo.engine.distributed import setup_distributed
+    from hpc_pgo.engine.distributed import any_rank, setup_distributed
     from hpc_pgo.engine.engine import Engine, deepspeed_config
     from hpc_pgo.engine.modulation import BalanceWindow
     from hpc_pgo.models.scgpt import load_scgpt, save_mlp_a
@@ -323,7 +336,8 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     labels = torch.from_numpy(cells.labels)
     seed, rank, mix = int(cfg.seed), dist_env.rank, bool(cfg.mix.enabled)
     ds_engine.train()
-    while engine.global_step < stop_at:
+    signalled = False
+    while engine.global_step < stop_at and not signalled:
         step = engine.global_step
         i, j, lam = draw_pairs(len(cells), micro, seed=seed, step=step, rank=rank, mix=mix)
         mixed = [
@@ -344,13 +358,18 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         losses.append(_global_mean(loss.detach(), dist_env.world_size))
         if dist_env.is_main and (step + 1) % int(cfg.train.log_every) == 0:
             log.info("step %d/%d loss %.4f", step + 1, total, losses[-1])
+        signalled = any_rank(_stop_requested) and engine.global_step < stop_at
         if (
             engine.global_step % int(cfg.train.checkpoint_every) == 0
             and engine.global_step < stop_at
+            and not signalled
         ):
             engine.save(ckpt_dir, {"losses": losses})
     engine.save(ckpt_dir, {"losses": losses})
+    _stop_requested = False
     done = engine.global_step >= total
+    if signalled:
+        log.info("stopped at step %d by a signal; checkpoint saved", engine.global_step)
     export = None
     if dist_env.is_main:
         _write_json(
@@ -377,6 +396,7 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         "done": done,
         "losses": losses,
         "mlp_a": None if export is None else str(export),
+        "stopped": "signal" if signalled else (None if done else "stop_after"),
     }
 
 

@@ -178,3 +178,18 @@ def job_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "LOCAL_WORLD_SIZE",
     ):
         monkeypatch.delenv(key, raising=False)
+
+
+def release_when_requeued(job_id: str, deadline: float) -> None:
+    """Wait until the job is requeued (pending on its BeginTime), then make it eligible now."""
+    while True:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30
+        ).stdout
+        if "Restarts=1" in shown and "JobState=PENDING" in shown:
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
+            )
+            return
+        assert time.monotonic() < deadline, f"job {job_id} was not requeued: {shown}"
+        time.sleep(0.2)

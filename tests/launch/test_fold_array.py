@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from hpc_pgo.launch.submission import Submission, submit, wait
-from tests.launch.conftest import _results_within, _scancel, tiny_args
+from tests.launch.conftest import _results_within, _scancel, release_when_requeued, tiny_args
 from tests.launch.test_dev_cluster import _final_states
 
 if TYPE_CHECKING:
@@ -104,21 +104,6 @@ def _modulation_rows(fold_out: Path) -> int:
     return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
 
 
-def _release_when_requeued(job_id: str, deadline: float) -> None:
-    """Wait until the job is requeued (pending on its BeginTime), then make it eligible now."""
-    while True:
-        shown = subprocess.run(
-            ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30
-        ).stdout
-        if "Restarts=1" in shown and "JobState=PENDING" in shown:
-            subprocess.run(
-                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
-            )
-            return
-        assert time.monotonic() < deadline, f"job {job_id} was not requeued: {shown}"
-        time.sleep(0.2)
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_b_fold_signalled_mid_training_requeues_and_resumes_to_the_same_predictions(
@@ -136,7 +121,7 @@ def test_b_fold_signalled_mid_training_requeues_and_resumes_to_the_same_predicti
     # submitit's warning signal, as Slurm sends it signal_delay_s before the time limit
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
     # Slurm holds a requeued job for ~2 min (Reason=BeginTime); release it at once
-    _release_when_requeued(job_id, deadline)
+    release_when_requeued(job_id, deadline)
 
     counts = wait_or_cancel(sub, FOLD_GUARD_S)
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -214,30 +216,100 @@ def test_bad_checkpoint_folder_and_cells_of_another_vocab_fail_before_training(d
     assert torch.distributed.is_initialized() == group_before  # no process group was started
 
 
+SLURM_STEPS = 300  # long enough to be caught mid-run after the first checkpoint (step 4)
+SLURM_GUARD_S = 240
+
+
+def _launch(data: dict, run_dir: Path, partition: str) -> subprocess.Popen:
+    """launch/pretrain.py --wait on the dev cluster: 2 nodes x 1 rank, in the background."""
+    args = [sys.executable, str(REPO / "launch" / "pretrain.py"),
+            *_tokens(data, f"train.steps={SLURM_STEPS}", "train.log_every=50"),
+            "cluster=slurm_cpu", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.time=10",
+            f"cluster.partition={partition}", f"run_dir={run_dir}", "--wait"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _job_id(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline()
+    assert "submitted pretraining job " in line, line + proc.stderr.read()[-3000:]
+    return line.split("submitted pretraining job ")[1].split()[0]
+
+
+def _wait_mid_run(run_dir: Path, deadline: float) -> None:
+    """Until the first checkpoint is on disk; failing if the run ends first."""
+    while not (run_dir / "checkpoints" / "latest").is_file():
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    assert not (run_dir / "metrics.json").exists(), "the run ended before it could be stopped"
+
+
+def _job_logs(run_dir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").rglob("*.err")))
+
+
+def _steps_logged(run_dir: Path, pattern: str) -> set[int]:
+    """The steps in the job logs' lines matching pattern (every rank logs them)."""
+    return {int(m) for m in re.findall(pattern, _job_logs(run_dir))}
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_two_node_pretraining_on_the_dev_cluster_stops_and_resumes(data, slurm_cluster, tmp_path):  # noqa: F811
-    run_dir = tmp_path / "run"
-    args = [sys.executable, str(REPO / "launch" / "pretrain.py"), *_tokens(data, "train.steps=8"),
-            "cluster=slurm_cpu", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.time=5",
-            f"cluster.partition={slurm_cluster.partition}", f"run_dir={run_dir}", "--wait"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.run(
-        [*args, "train.stop_after=4"], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "stopped" in first.stdout and "step 4" in first.stdout
-    second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "pretraining done: step 8" in second.stdout
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["done"] and len(metrics["losses"]) == 8
-    assert (run_dir / "mlp_a.pt").is_file()
+def test_two_node_pretraining_on_the_dev_cluster_resumes_after_a_kill_and_a_signal(
+    data,
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+):
+    from tests.launch.conftest import release_when_requeued
+
+    deadline = time.monotonic() + SLURM_GUARD_S
+    # 1. killed mid-run (scancel): the job fails; the same command again resumes from the last
+    #    periodic checkpoint and finishes
+    killed = tmp_path / "killed"
+    proc = _launch(data, killed, slurm_cluster.partition)
+    job_id = _job_id(proc)
+    _wait_mid_run(killed, deadline)
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err[-3000:]
+    assert f"pretraining job {job_id} failed" in err
+    assert not (killed / "mlp_a.pt").exists() and not (killed / "metrics.json").exists()
+    again = _launch(data, killed, slurm_cluster.partition)
+    out, err = again.communicate(timeout=SLURM_GUARD_S)
+    assert again.returncode == 0, err[-3000:]
+    assert f"pretraining done: step {SLURM_STEPS}" in out
+    (resumed,) = _steps_logged(killed, r"resumed from \S+ at step (\d+)")
+    assert 4 <= resumed < SLURM_STEPS and resumed % 4 == 0
+    losses = json.loads((killed / "metrics.json").read_text())["losses"]
+    assert len(losses) == SLURM_STEPS
+    assert np.mean(losses[-50:]) < np.mean(losses[:5]) - 0.05, (losses[:5], losses[-50:])
     # the job spanned both nodes (one rank each)
-    job_id = second.stdout.split("submitted pretraining job ")[1].split()[0]
+    job_id = out.split("submitted pretraining job ")[1].split()[0]
     nodes = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-o", "NNodes,NodeList%40"],
                            capture_output=True, text=True, timeout=30).stdout.split()  # fmt: skip
     assert nodes[:2] == ["2", "node[1-2]"], nodes
+
+    # 2. submitit's warning signal (time limit near, or preemption): every rank checkpoints after
+    #    its current step, the job requeues itself and resumes; one command, no work lost
+    signalled = tmp_path / "signalled"
+    proc = _launch(data, signalled, slurm_cluster.partition)
+    job_id = _job_id(proc)
+    _wait_mid_run(signalled, deadline)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    release_when_requeued(job_id, deadline)  # Slurm holds a requeued job ~2 min otherwise
+    out, err = proc.communicate(timeout=SLURM_GUARD_S)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"pretraining done: step {SLURM_STEPS}" in out
+    (stopped,) = _steps_logged(signalled, r"stopped at step (\d+) by a signal")
+    # resumed exactly where the signal stopped it
+    assert _steps_logged(signalled, r"resumed from \S+ at step (\d+)") == {stopped}
+    # pairs are drawn per (seed, step, rank) and Adam's state is restored: whatever stopped the
+    # runs and where, both end with the losses of one uninterrupted run
+    assert json.loads((signalled / "metrics.json").read_text())["losses"] == pytest.approx(
+        losses, rel=1e-5
+    )
 
 
 def test_launcher_refuses_bad_input_with_one_line(tmp_path):
