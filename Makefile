@@ -40,7 +40,7 @@ test-fast: install
 demo: install
 	test -f shards/demo/manifest.json || $(PY) -m hpc_pgo.data demo --out shards/demo
 	$(PY) -m hpc_pgo.data verify shards/demo
-	$(PY) launch/submit.py folds=0-14 model=fusion_small train.epochs=15 train.lr=5e-4 train.num_workers=0
+	$(PY) launch/submit.py folds=0-14 model=fusion_small train.epochs=15 train.num_workers=0
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

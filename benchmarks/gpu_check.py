@@ -45,7 +45,7 @@ def demo_fold(work: Path) -> dict:
     if not (shards / "manifest.json").is_file():
         pgo_shards(["demo", "--out", str(shards), "--image-size", "64", "--no-progress"])
     cfg = compose(
-        [f"data.shards={shards}", "deepspeed.dtype=bf16", "train.epochs=15", "train.lr=5e-4",
+        [f"data.shards={shards}", "deepspeed.dtype=bf16", "train.epochs=15",
          "train.num_workers=4", "cluster.gpus_per_node=1", "force=true"]
     )  # fmt: skip
     start = time.perf_counter()
