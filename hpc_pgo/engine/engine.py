@@ -343,57 +343,72 @@ class Engine:
     def save(
         self, directory: str | os.PathLike, client_state: Mapping[str, Any] | None = None
     ) -> Path:
-        """Save a DeepSpeed checkpoint under ``directory/step<NNNNNNNN>`` and point ``latest`` at it.
-
-        Collective. DeepSpeed writes into a hidden temporary tag; after every rank has written,
-        rank 0 renames it to the final tag and replaces ``latest`` atomically, so ``latest`` only
-        ever names a complete checkpoint. client_state: small picklable values (epoch, best
-        metric ...), returned by ``load``. directory must be shared by all ranks.
-        """
-        directory = Path(directory)
-        tag = f"step{self.global_step:08d}"
-        tmp_tag = f".tmp-{tag}"
-        if self.dist_env.is_main:
-            directory.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(directory / tmp_tag, ignore_errors=True)
-        _barrier()
-        self.ds.save_checkpoint(
-            str(directory),
-            tag=tmp_tag,
-            save_latest=False,
-            client_state={_CLIENT_KEY: dict(client_state or {})},
-        )
-        _barrier()
-        if self.dist_env.is_main:
-            final, stale = directory / tag, directory / f".old-{tag}"
-            if final.exists():  # saved twice at the same step: keep the newer one
-                shutil.rmtree(stale, ignore_errors=True)
-                os.replace(final, stale)
-            os.replace(directory / tmp_tag, final)
-            shutil.rmtree(stale, ignore_errors=True)
-            latest_tmp = directory / ".latest.tmp"
-            latest_tmp.write_text(tag)
-            os.replace(latest_tmp, directory / "latest")
-        _barrier()
-        return directory / tag
+        """save_checkpoint of this engine's DeepSpeed engine (see there)."""
+        return save_checkpoint(self.ds, directory, client_state, is_main=self.dist_env.is_main)
 
     def load(self, directory: str | os.PathLike) -> dict[str, Any]:
-        """Load the checkpoint that ``directory/latest`` names (model, optimizer, schedule, step).
+        """load_checkpoint of this engine's DeepSpeed engine (see there)."""
+        return load_checkpoint(self.ds, directory)
 
-        Returns the client_state given to ``save``. Raises PgoError when there is none. The
-        files are our own (DeepSpeed pickles optimizer state): load only checkpoints you wrote.
-        """
-        directory = Path(directory)
-        latest = directory / "latest"
-        if not latest.is_file():
-            raise PgoError(
-                f"{directory}: no 'latest' file; valid: a directory written by Engine.save"
-            )
-        tag = latest.read_text().strip()
-        path, client_state = self.ds.load_checkpoint(str(directory), tag=tag)
-        if path is None:
-            raise PgoError(f"{directory}/{tag}: DeepSpeed found no loadable checkpoint there")
-        return dict((client_state or {}).get(_CLIENT_KEY, {}))
+
+def save_checkpoint(
+    ds_engine: Any,
+    directory: str | os.PathLike,
+    client_state: Mapping[str, Any] | None = None,
+    *,
+    is_main: bool,
+) -> Path:
+    """Save a DeepSpeed checkpoint under ``directory/step<NNNNNNNN>`` and point ``latest`` at it.
+
+    Collective (every rank of ds_engine's group calls it; is_main on rank 0). DeepSpeed writes
+    into a hidden temporary tag; after every rank has written, rank 0 renames it to the final tag
+    and replaces ``latest`` atomically, so ``latest`` only ever names a complete checkpoint.
+    client_state: small picklable values (epoch, losses ...), returned by ``load_checkpoint``.
+    directory must be shared by all ranks.
+    """
+    directory = Path(directory)
+    tag = f"step{int(ds_engine.global_steps):08d}"
+    tmp_tag = f".tmp-{tag}"
+    if is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(directory / tmp_tag, ignore_errors=True)
+    _barrier()
+    ds_engine.save_checkpoint(
+        str(directory),
+        tag=tmp_tag,
+        save_latest=False,
+        client_state={_CLIENT_KEY: dict(client_state or {})},
+    )
+    _barrier()
+    if is_main:
+        final, stale = directory / tag, directory / f".old-{tag}"
+        if final.exists():  # saved twice at the same step: keep the newer one
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
+        os.replace(directory / tmp_tag, final)
+        shutil.rmtree(stale, ignore_errors=True)
+        latest_tmp = directory / ".latest.tmp"
+        latest_tmp.write_text(tag)
+        os.replace(latest_tmp, directory / "latest")
+    _barrier()
+    return directory / tag
+
+
+def load_checkpoint(ds_engine: Any, directory: str | os.PathLike) -> dict[str, Any]:
+    """Load the checkpoint that ``directory/latest`` names into ds_engine (model, optimizer,
+    schedule, step). Returns the client_state given to ``save_checkpoint``. Raises PgoError when
+    there is none. The files are our own (DeepSpeed pickles optimizer state): load only
+    checkpoints you wrote.
+    """
+    directory = Path(directory)
+    latest = directory / "latest"
+    if not latest.is_file():
+        raise PgoError(f"{directory}: no 'latest' file; valid: a directory written by Engine.save")
+    tag = latest.read_text().strip()
+    path, client_state = ds_engine.load_checkpoint(str(directory), tag=tag)
+    if path is None:
+        raise PgoError(f"{directory}/{tag}: DeepSpeed found no loadable checkpoint there")
+    return dict((client_state or {}).get(_CLIENT_KEY, {}))
 
 
 def _barrier() -> None:

@@ -17,7 +17,7 @@ over all ranks, B/W per rank):
    between softmax(logits) and t (train.loss=mse);
 5. engine.backward(loss), engine.step(): DeepSpeed averages the gradients over ranks; Adam.
 
-Checkpoints (hpc_pgo.engine's atomic save: a complete tag, then `latest`) go to
+Checkpoints (hpc_pgo.engine.engine.save_checkpoint: a complete tag, then `latest`) go to
 <run_dir>/checkpoints every train.checkpoint_every steps and at the end; a run that finds one
 resumes from it. train.stop_after ends a run early (with a checkpoint) after that many steps;
 ``request_stop()`` (called by launch/pretrain.py on submitit's warning signal: the time limit is
@@ -290,8 +290,7 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     from hpc_pgo.data.cells import load_cells
     from hpc_pgo.engine.distributed import any_rank, setup_distributed
-    from hpc_pgo.engine.engine import Engine, deepspeed_config
-    from hpc_pgo.engine.modulation import BalanceWindow
+    from hpc_pgo.engine.engine import deepspeed_config, load_checkpoint, save_checkpoint
     from hpc_pgo.models.scgpt import load_scgpt, save_mlp_a
 
     run_dir = Path(run_dir)
@@ -316,29 +315,24 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         device_type=dist_env.device.type,
     )
     ds_engine, *_ = deepspeed.initialize(model=head, optimizer=optimizer, config=ds_conf)
-    # Engine's save/load give the atomic checkpoint layout (temporary tag, then `latest`);
-    # its Cox step and modulation are not used here.
-    engine = Engine(
-        ds_engine, None, BalanceWindow(), dist_env=dist_env, l1_genomic=0.0, l1_params=[]
-    )
     ckpt_dir = run_dir / CHECKPOINT_DIR
     losses: list[float] = []
     if (ckpt_dir / "latest").is_file():
-        losses = list(engine.load(ckpt_dir).get("losses", []))
-        log.info("resumed from %s at step %d", ckpt_dir, engine.global_step)
+        losses = list(load_checkpoint(ds_engine, ckpt_dir).get("losses", []))
+        log.info("resumed from %s at step %d", ckpt_dir, ds_engine.global_steps)
     loss_fn = LOSSES[str(cfg.train.loss)]
     total, micro = int(cfg.train.steps), int(cfg.deepspeed.train_micro_batch_size_per_gpu)
     stop_at = (
         total
         if cfg.train.stop_after is None
-        else min(total, engine.global_step + int(cfg.train.stop_after))
+        else min(total, ds_engine.global_steps + int(cfg.train.stop_after))
     )
     labels = torch.from_numpy(cells.labels)
     seed, rank, mix = int(cfg.seed), dist_env.rank, bool(cfg.mix.enabled)
     ds_engine.train()
     signalled = False
-    while engine.global_step < stop_at and not signalled:
-        step = engine.global_step
+    while ds_engine.global_steps < stop_at and not signalled:
+        step = ds_engine.global_steps
         i, j, lam = draw_pairs(len(cells), micro, seed=seed, step=step, rank=rank, mix=mix)
         mixed = [
             mix_cells(*cells.cell(a), *cells.cell(b), float(w))
@@ -358,24 +352,24 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         losses.append(_global_mean(loss.detach(), dist_env.world_size))
         if dist_env.is_main and (step + 1) % int(cfg.train.log_every) == 0:
             log.info("step %d/%d loss %.4f", step + 1, total, losses[-1])
-        signalled = any_rank(_stop_requested) and engine.global_step < stop_at
+        signalled = any_rank(_stop_requested) and ds_engine.global_steps < stop_at
         if (
-            engine.global_step % int(cfg.train.checkpoint_every) == 0
-            and engine.global_step < stop_at
+            ds_engine.global_steps % int(cfg.train.checkpoint_every) == 0
+            and ds_engine.global_steps < stop_at
             and not signalled
         ):
-            engine.save(ckpt_dir, {"losses": losses})
-    engine.save(ckpt_dir, {"losses": losses})
+            save_checkpoint(ds_engine, ckpt_dir, {"losses": losses}, is_main=dist_env.is_main)
+    save_checkpoint(ds_engine, ckpt_dir, {"losses": losses}, is_main=dist_env.is_main)
     _stop_requested = False
-    done = engine.global_step >= total
+    done = ds_engine.global_steps >= total
     if signalled:
-        log.info("stopped at step %d by a signal; checkpoint saved", engine.global_step)
+        log.info("stopped at step %d by a signal; checkpoint saved", ds_engine.global_steps)
     export = None
     if dist_env.is_main:
         _write_json(
             run_dir / METRICS_FILE,
             {
-                "step": engine.global_step,
+                "step": ds_engine.global_steps,
                 "done": done,
                 "mix": mix,
                 "loss": str(cfg.train.loss),
@@ -392,7 +386,7 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                 dims={"in": scgpt.d_model, "hidden": m.hidden, "out": m.out, "layers": m.layers, "dropout": m.dropout},
             )  # fmt: skip
     return {
-        "step": engine.global_step,
+        "step": ds_engine.global_steps,
         "done": done,
         "losses": losses,
         "mlp_a": None if export is None else str(export),
