@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -103,7 +102,7 @@ def fit_scgpt(ckpt: Path, cells, steps: int, *, lr: float = 1e-3, batch_size: in
     """
     from scgpt.loss import masked_mse_loss
 
-    from hpc_pgo.atomic import write_bytes
+    from hpc_pgo.atomic import save_torch
     from hpc_pgo.models.scgpt import collate, load_scgpt, tokenize_sample
 
     s = load_scgpt(ckpt)
@@ -131,31 +130,22 @@ def fit_scgpt(ckpt: Path, cells, steps: int, *, lr: float = 1e-3, batch_size: in
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes(ckpt / "best_model.pt", buffer.getvalue())
+    save_torch(ckpt / "best_model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     return losses
 
 
-def cell_embeddings(embedder, table, seed: int) -> np.ndarray:
-    """(n, d) embeddings of every cell of a CellTable."""
-    return np.concatenate([
-        embedder([table.cell(c) for c in range(start, min(start + 64, len(table)))],
-                 [seed + c for c in range(start, min(start + 64, len(table)))]).numpy()
-        for start in range(0, len(table), 64)
+def embed_all(embedder, samples, seed: int) -> torch.Tensor:
+    """(n, d) embeddings of samples [(genes, values)], 32 at a time; sample i seeded seed + i."""
+    return torch.cat([
+        embedder(samples[start : start + 32], [seed + i for i in range(start, min(start + 32, len(samples)))])
+        for start in range(0, len(samples), 32)
     ])  # fmt: skip
 
 
 def predict(head, embedder, samples, seed: int) -> np.ndarray:
     """Predicted fractions (n, C): softmax of the classifier over each sample's embedding."""
-    out = []
     with torch.no_grad():
-        for start in range(0, len(samples), 32):
-            chunk = samples[start : start + 32]
-            emb = embedder(chunk, [seed + start + i for i in range(len(chunk))])
-            out.append(torch.softmax(head(emb), dim=1).numpy())
-    return np.concatenate(out)
+        return torch.softmax(head(embed_all(embedder, samples, seed)), dim=1).numpy()
 
 
 def errors(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -231,7 +221,7 @@ def main() -> int:
                       f"(first 20 steps) -> {np.mean(losses[-20:]):.1f} (last 20)")  # fmt: skip
         scgpt = load_scgpt(ckpt)
         embedder = MixedCellEmbedder(scgpt, max_length=args.max_length)
-        emb = cell_embeddings(embedder, train_cells, seed=7)
+        emb = embed_all(embedder, [train_cells.cell(c) for c in range(len(train_cells))], 7).numpy()
         cos = emb @ emb.T
         print(f"scGPT cell embeddings of the pretraining cells: mean pairwise cosine "
               f"{cos[np.triu_indices(len(emb), 1)].mean():.4f}")  # fmt: skip

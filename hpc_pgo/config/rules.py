@@ -126,11 +126,6 @@ def finish(cfg: DictConfig) -> None:
         step(cfg)
 
 
-# What every launched config (a fold's, MLP-A pretraining's) shares: its value checks, its
-# executor and its DeepSpeed batch keys. Other top files (configs/pretrain.yaml) finish with these.
-LAUNCH_STEPS: tuple[Callable[[DictConfig], None], ...] = ()  # filled below, after the steps
-
-
 def finish_launch(cfg: DictConfig) -> None:
     """The checks and derivations a launched config shares with a fold's (LAUNCH_STEPS), in place."""
     for step in LAUNCH_STEPS:
@@ -385,4 +380,12 @@ _STEPS: tuple[Callable[[DictConfig], None], ...] = (
     _derive_micro_batch,
     _parse_config_folds,
 )
-LAUNCH_STEPS = (_check_choices, _check_bounds, _check_name, _check_local_nodes, _derive_micro_batch)
+# What every launched config (a fold's, MLP-A pretraining's) shares: its value checks, its
+# executor and its DeepSpeed batch keys. Other top files (configs/pretrain.yaml) finish with these.
+LAUNCH_STEPS: tuple[Callable[[DictConfig], None], ...] = (
+    _check_choices,
+    _check_bounds,
+    _check_name,
+    _check_local_nodes,
+    _derive_micro_batch,
+)

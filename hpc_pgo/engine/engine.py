@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from hpc_pgo.atomic import write_text
 from hpc_pgo.engine.distributed import DistEnv, setup_distributed
 from hpc_pgo.engine.global_batch import gather_global_batch
 from hpc_pgo.engine.modulation import BalanceWindow, StepModulator, named_param_groups
@@ -387,9 +388,7 @@ def save_checkpoint(
             os.replace(final, stale)
         os.replace(directory / tmp_tag, final)
         shutil.rmtree(stale, ignore_errors=True)
-        latest_tmp = directory / ".latest.tmp"
-        latest_tmp.write_text(tag)
-        os.replace(latest_tmp, directory / "latest")
+        write_text(directory / "latest", tag)
     _barrier()
     return directory / tag
 

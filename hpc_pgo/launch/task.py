@@ -65,8 +65,9 @@ def error_summary(err: BaseException) -> str:
 
 
 class StopOnWarning:
-    """While the fold (or MLP-A pretraining, launch/pretrain.py) runs, submitit's warning signal (USR2: time limit near, or preemption)
-    asks the fold entry to checkpoint and return, through its module's ``request_stop()``.
+    """While the fold (or MLP-A pretraining, launch/pretrain.py) runs, submitit's warning signal
+    (USR2: time limit near, or preemption) asks the entry function to checkpoint and return,
+    through its module's ``request_stop()``.
 
     submitit installs its handler (checkpoint() + requeue + exit) before calling the task;
     run as it is, it would end the process mid-step and lose the work since the last periodic
