@@ -25,9 +25,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TABLE = REPO.parent / "shared" / "data" / "tcga-kirc" / "tcga_kirc_all_clean.csv.gz"
 
@@ -42,58 +39,22 @@ def build_flags(table: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def project(train: np.ndarray, test: np.ndarray, pcs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Drop columns constant or non-finite on train; then, when pcs > 0, the first `pcs` principal
-    components of train (SVD of the centred train matrix) applied to both."""
-    keep = np.isfinite(train).all(0) & np.isfinite(test).all(0) & (train.std(0) > 0)
-    train, test = train[:, keep], test[:, keep]
-    if pcs <= 0:
-        return train, test
-    mean = train.mean(0)
-    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-    basis = vt[:pcs].T
-    return (train - mean) @ basis, (test - mean) @ basis
-
-
 def cox_baseline(
     shards: Path, groups: list[str], folds: list[int], penalizer: float, pcs: int
 ) -> dict[int, float]:
-    """Ridge-penalised CoxPH per fold on the z-scored omics of `groups` (projected on `pcs`
-    principal components of the fold's train patients when pcs > 0); C-index per fold."""
-    from lifelines import CoxPHFitter
-
-    from hpc_pgo.data.loader import Standardizer, make_loader, open_fold
+    """Ridge-penalised CoxPH per fold (hpc_pgo.train.coxph, the sweep's reference entry) on the
+    z-scored omics of `groups`, projected on `pcs` principal components of the fold's train
+    patients when pcs > 0; C-index per fold."""
     from hpc_pgo.survival import fold_cindex
+    from hpc_pgo.train.coxph import coxph_fold_predictions
 
-    def arrays(fold: int, split: str, standardizer) -> tuple[np.ndarray, dict]:
-        data = open_fold(shards, fold)
-        loader = make_loader(
-            shards, fold, split, batch_size=data.units(split), groups=groups, image_size=None,
-            standardizer=standardizer, shuffle_buffer=1,
-        )  # fmt: skip
-        (batch,) = list(loader)
-        x = np.concatenate([batch[g].numpy() for g in groups], axis=1).astype(np.float64)
-        return x, {"time": batch["time"].numpy(), "event": batch["event"].numpy().astype(int),
-                   "patient": list(batch["patient"])}  # fmt: skip
-
-    out = {}
-    for fold in folds:
-        standardizer = Standardizer.fit(shards, open_fold(shards, fold).train, groups)
-        (x_train, train), (x_test, test) = (
-            arrays(fold, "train", standardizer),
-            arrays(fold, "test", standardizer),
+    return {
+        fold: fold_cindex(
+            coxph_fold_predictions(shards, fold, groups, penalizer=penalizer, pcs=pcs),
+            where=f"CoxPH fold {fold}",
         )
-        x_train, x_test = project(x_train, x_test, pcs)
-        columns = [f"f{i}" for i in range(x_train.shape[1])]
-        frame = pd.DataFrame(x_train, columns=columns).assign(
-            time=train["time"], event=train["event"]
-        )
-        model = CoxPHFitter(penalizer=penalizer).fit(frame, duration_col="time", event_col="event")
-        hazard = model.predict_log_partial_hazard(pd.DataFrame(x_test, columns=columns)).to_numpy()
-        preds = pd.DataFrame({"patient": test["patient"], "unit": test["patient"], "hazard": hazard,
-                              "time": test["time"], "event": test["event"]})  # fmt: skip
-        out[fold] = fold_cindex(preds, where=f"CoxPH fold {fold}")
-    return out
+        for fold in folds
+    }
 
 
 def main() -> int:

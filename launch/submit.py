@@ -46,7 +46,18 @@ examples:
 
 --dry-run prints the resolved config as YAML, then the planned array as '#' comment lines
 (one line per fold with its resources), so the whole output can be saved and read back as YAML.
-Bad input prints one line 'error: ...' on stderr and exits with status 2.
+Bad input prints one line 'error: ...' on stderr and exits with status 2, and so does a
+submission that cannot go ahead: a run_dir in use by another launcher or with a fold that a
+live job trains or has queued, or an sbatch that refuses the array (its message is shown; the
+run_dir is left as it was).
+
+On cluster=local with wait=true the folds end with this command: Ctrl-C or SIGTERM cancels the
+running folds (exit 130 / 143), and even a killed launcher (SIGKILL) takes its folds with it;
+the same command again resumes them from their last checkpoints.
+
+exit status: 0 submitted (not waiting), or every fold finished; 3 waited and some fold failed
+(the report lists it); 2 bad input or refused, nothing written; 130/143 interrupted (SIGINT /
+SIGTERM) while waiting.
 """
 
 
@@ -78,8 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FOLD_FAILED = 3  # the exit status when some fold failed (launch/report.py says the same)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM while the launcher waits for its local folds."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status (2 on bad input, 1 when a fold failed)."""
+    """Run the command; returns the exit status (see the epilog: 0, 2, 3, 130/143)."""
     args = build_parser().parse_intermixed_args(argv)
 
     # hpc_pgo imports torch (seconds): import it only once --help has had its chance to answer.
@@ -89,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hpc_pgo.errors import PgoError
     from hpc_pgo.launch.plan import format_plan, plan_array
-    from hpc_pgo.launch.submission import compose_runs, report_text, submit, wait
+    from hpc_pgo.launch.submission import cancel, compose_runs, report_text, submit, wait
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -124,13 +150,30 @@ def main(argv: list[str] | None = None) -> int:
     if not done.wait:
         print(f"not waiting; later: python launch/report.py {done.run_dir}")
         return 0
-    counts = wait(done, progress=True)
+    import signal
+
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        counts = wait(done, progress=True)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        cancelled = cancel(done, f"launch/submit.py got {name}")  # local folds only
+        line = f"interrupted by {name}: "
+        if array.parallel:  # local folds: cancelled, resumable
+            line += f"cancelled {cancelled} running fold(s); the same command resumes them"
+        else:
+            line += f"the Slurm jobs go on; later: python launch/report.py {done.run_dir}"
+        print(line, file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     try:
         print(report_text(done), end="")
     except PgoError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 1 if counts["failed"] else 0
+        return FOLD_FAILED
+    return FOLD_FAILED if counts["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -132,6 +132,28 @@ def compose_file(
     return cfg
 
 
+def finish_loaded(cfg: DictConfig, source: str | os.PathLike) -> DictConfig:
+    """A config read from a file (``load_config``), after compose()'s checks and derived keys.
+
+    The direct fold entry (``python -m hpc_pgo.train CONFIG --fold K``) trains what it reads;
+    a hand-written config.yaml never went through compose(), so its nulls meaning "derive"
+    (balance.mode, wait, ...) and its values would otherwise go unchecked (a null balance.mode
+    trained unmodulated). ``rules.finish`` is applied in place and the config returned; on a
+    config that compose() made it changes nothing (every derived key is already filled in).
+    Raises PgoError, naming ``source``, for a bad value or a key the config lacks.
+    """
+    try:
+        rules.finish(cfg)
+    except PgoError as err:
+        raise PgoError(f"{source}: {err}") from None
+    except OmegaConfBaseException as err:
+        raise PgoError(
+            f"{source}: not a complete config ({_first_line(err)}); valid: a config composed by "
+            "launch/submit.py (`python launch/submit.py --dry-run [args]` prints one)"
+        ) from None
+    return cfg
+
+
 def load_yaml(path: Path) -> DictConfig:
     """One YAML mapping as a DictConfig; PgoError naming the file (and line) when it is not one."""
     try:

@@ -43,7 +43,9 @@ NULLABLE = frozenset(
 CHOICES: dict[str, tuple] = {
     "cluster.kind": ("local", "slurm"),
     "deepspeed.zero_optimization.stage": (0, 1, 2),
-    "deepspeed.dtype": ("fp32", "bf16"),
+    # auto: bf16 on CUDA, fp32 on CPU, decided by the engine on the fold's device
+    # (hpc_pgo.engine.engine.deepspeed_config), since the submit host may have no GPU.
+    "deepspeed.dtype": ("fp32", "bf16", "auto"),
     "model.fusion": ("concat", "kronecker"),
     "model.genomic.rna_encoder": ("snn", "scgpt", "scgpt_mlpa", "none"),
     "train.lr_schedule": ("linear", "cosine"),
@@ -299,12 +301,41 @@ def _check_balance_model(cfg: DictConfig) -> None:
 
 
 def _check_balance_window(cfg: DictConfig) -> None:
-    """balance.end_epoch, when set, is not before balance.start_epoch."""
+    """balance.end_epoch, when set, is after balance.start_epoch: the window [start, end) of
+    epochs with balancing on is not empty (end = start would be a window that never opens)."""
     end, start = cfg.balance.end_epoch, cfg.balance.start_epoch
-    if end is not None and end < start:
+    if end is not None and end <= start:
+        relation = "is before" if end < start else "equals"
         raise PgoError(
-            f"balance.end_epoch={end} is before balance.start_epoch={start}; valid: "
-            f"end_epoch >= {start}, or null for no end"
+            f"balance.end_epoch={end} {relation} balance.start_epoch={start}, so balancing "
+            f"would never turn on (end_epoch is the first epoch with it off again); valid: "
+            f"balance.end_epoch > {start}, or null for no end"
+        )
+
+
+def _check_balance_turns_on(cfg: DictConfig) -> None:
+    """balance.mode=rho modulates at some step: alpha > 0 and start_epoch < train.epochs.
+
+    With alpha = 0 every coefficient is k = min(1 - tanh(0), 1) = 1; with start_epoch >=
+    train.epochs the window opens after the last epoch. Either trains unmodulated while the
+    config (and the report) says rho. balance.mode=none is the way to ask for no balancing.
+    """
+    if cfg.balance.mode != "rho":
+        return
+    model = OmegaConf.select(cfg, "groups.model", default=None)
+    mode = f"balance.mode=rho{f' (model={model})' if model is not None else ''}"
+    if cfg.balance.alpha == 0:
+        raise PgoError(
+            f"balance.alpha={_shown(cfg.balance.alpha)} with {mode} never modulates "
+            "(k = 1 - tanh(0 * (rho - 1)) = 1 at every step); valid: balance.alpha > 0 (1 is the "
+            "paper's), or balance.mode=none for no balancing"
+        )
+    epochs, start = cfg.train.epochs, cfg.balance.start_epoch
+    if start >= epochs:
+        raise PgoError(
+            f"balance.start_epoch={start} with train.epochs={epochs}: {mode} would never turn "
+            f"on (epochs are 0..{epochs - 1}); valid: balance.start_epoch < {epochs}, or "
+            "balance.mode=none for no balancing"
         )
 
 
@@ -375,6 +406,7 @@ _STEPS: tuple[Callable[[DictConfig], None], ...] = (
     _check_local_nodes,
     _check_balance_window,
     _check_balance_model,
+    _check_balance_turns_on,
     _derive_wait,
     _derive_parallel,
     _derive_micro_batch,

@@ -4,22 +4,25 @@ patient in worker processes, write them in order, then the manifest, then rename
 Order of work, so that bad input fails before anything is written:
 1. read and check the survival table, the omics tables, the image folder and a split file;
 2. one task per patient (sorted ids); worker processes decode/tile images and encode every
-   field; `Pool.imap` hands the results back in task order, so the shards do not depend on
+   field; the results come back in task order (_results), so the shards do not depend on
    the number of workers (omics-only cohorts are encoded in-process: see write_shards);
 3. the samples go through webdataset.ShardWriter (fixed mtime, owner and mode: the same
    inputs give byte-identical tars) into `.<out>.tmp-<pid>` beside the output directory;
 4. splits over the patients that made it into the shards, manifest.json, then rename.
-On any error the temporary directory is removed and nothing is left at the output path.
+On any error the temporary directory is removed and nothing is left at the output path; an
+OSError on the way (read-only file system, disk full) becomes one PgoError line (output_error).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import io
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import shutil
@@ -42,11 +45,13 @@ from hpc_pgo.data.shards import (
     SCHEMA_VERSION,
     SHARD_GLOB,
     SHARD_PATTERN,
+    sha256_file,
     shard_record,
     write_manifest,
 )
-from hpc_pgo.data.splits import SPLITTERS, read_split_file, restrict, split_source
+from hpc_pgo.data.splits import SPLITTERS, read_split_table, restrict, split_source
 from hpc_pgo.errors import PgoError
+from hpc_pgo.hold import Hold
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +229,16 @@ def _omics_vectors(
 
 @dataclass
 class Inputs:
-    """The checked inputs of a build: tasks in key order, early drops, and file splits."""
+    """The checked inputs of a build: tasks in key order, early drops, and file splits (with
+    the file's column of each fold and the file's sha256)."""
 
     tasks: list[PatientTask]
     groups: dict[str, OmicsGroup]
     dropped: list[dict[str, Any]]
     file_splits: list | None
     image_format: str | None = None
+    split_columns: list[str] | None = None
+    split_sha256: str | None = None
 
 
 def gather_inputs(spec: Mapping) -> Inputs:
@@ -245,13 +253,19 @@ def gather_inputs(spec: Mapping) -> Inputs:
         if images
         else {}
     )
-    file_splits = (
-        read_split_file(spec["splits"]["file"], survival.index)
-        if spec["splits"]["kind"] == "file"
-        else None
-    )
+    file_splits = split_columns = split_sha256 = None
+    if spec["splits"]["kind"] == "file":
+        section = spec["splits"]["file"]
+        table = read_split_table(section, survival.index)
+        file_splits, split_columns = table.splits(table.sides), table.columns
+        split_sha256 = sha256_file(Path(section["path"]))
     known = set(survival.index)
     dropped = []
+    if images:  # files of the image folder that are no image of the cohort: listed, not lost
+        for path, why in image_units.skipped_entries(images["dir"], images["kind"]):
+            dropped.append(
+                {"patient": None, "unit": path.name, "reason": f"not an image file: {path}: {why}"}
+            )
     others = {p: f"omics table {g.path}" for g in groups.values() for p in g.values.index}
     others.update({p: f"{len(f)} image files in {images['dir']}" for p, f in files.items()})
     for patient in sorted(set(others) - known):
@@ -294,7 +308,7 @@ def gather_inputs(spec: Mapping) -> Inputs:
                 placeholder=placeholder,
             )
         )
-    return Inputs(tasks, groups, dropped, file_splits, image_format)
+    return Inputs(tasks, groups, dropped, file_splits, image_format, split_columns, split_sha256)
 
 
 # --------------------------------------------------------------------------- output directory
@@ -316,25 +330,73 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise PgoError(f"output {out}: already holds a shard set; pass --force to replace it")
 
 
-def _make_parents(path: Path) -> list[Path]:
-    """Create the missing parents of `path`; returns them, deepest first (for cleanup)."""
-    created = []
+def _make_parents(path: Path, created: list[Path]) -> None:
+    """Create the missing parents of `path`, adding each to `created` as soon as it exists (so
+    that a failure half-way still knows what to remove)."""
     for parent in [*reversed(path.parents)]:
         if not parent.exists():
             parent.mkdir()
             created.append(parent)
-    return created[::-1]
 
 
 def _place(tmp: Path, out: Path) -> None:
-    """Move the finished shard set to `out`, replacing an old one (rename, rename, delete)."""
+    """Move the finished shard set to `out`, replacing an old one (rename, rename, delete);
+    when the second rename fails the old set is renamed back."""
     if out.exists() and any(out.iterdir()):
         old = out.with_name(f".{out.name}.old-{_owner()}")
         os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
         shutil.rmtree(old)
     else:
         os.replace(tmp, out)
+
+
+# errno -> what to do, for the file-system errors an output meets
+_OUTPUT_HINTS = {
+    errno.ENOSPC: "free some space or give another --out",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or give another --out",
+    errno.EROFS: "the file system is mounted read-only; give another --out",
+    errno.EACCES: "give a writable --out",
+    errno.EPERM: "give a writable --out",
+}
+
+
+def os_error_text(exc: OSError, default_path: Path | str | None = None) -> str:
+    """`<path>: <reason> [ERRNO]` of an OSError, for an `error:` line; a failed write() names no
+    path (then `default_path`), a rename names two (`src -> dst`)."""
+    name = errno.errorcode.get(exc.errno or 0)
+    reason = (exc.strerror or str(exc)) + (f" [{name}]" if name else "")
+    path = exc.filename if exc.filename is not None else default_path
+    if path is not None and exc.filename2 is not None:
+        path = f"{path} -> {exc.filename2}"
+    return reason if path is None else f"{path}: {reason}"
+
+
+def _output_side(path: str | os.PathLike | None, out: Path) -> bool:
+    """Whether a failing path is the output's (`out`, its parents, its temporary siblings and
+    what is in them), not an input's; a failed write() names no path: the output's."""
+    if path is None or not isinstance(path, str | os.PathLike):
+        return True
+    p = Path(os.path.abspath(path))
+    return p in out.parents or any(
+        q == out or (q.parent == out.parent and q.name.startswith(f".{out.name}."))
+        for q in (p, *p.parents)
+    )
+
+
+def output_error(exc: OSError, out: Path, kept: bool) -> PgoError:
+    """The one-line error for an OSError met while a shard set for `out` was being made: the
+    path (`out` when the system names none), the reason, what is left (`kept`: the shard set
+    that was there before, unchanged) and, for the output's paths, what to do."""
+    left = "the shard set there is unchanged" if kept else "nothing was left there"
+    hint = _OUTPUT_HINTS.get(exc.errno or 0) if _output_side(exc.filename, out) else None
+    return PgoError(
+        f"{os_error_text(exc, out)} while building {out}; {left}" + (f"; {hint}" if hint else "")
+    )
 
 
 def _owner() -> str:
@@ -372,21 +434,29 @@ def remove_stale_stages(out: Path) -> list[Path]:
 def staged_output(out: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of `out` to write a shard set into; on success move it to
     `out` (replacing an old set), on any error delete it and the parents this call created.
-    Leftovers of killed builds on this host are deleted first (remove_stale_stages)."""
-    created = _make_parents(out)
-    for stale in remove_stale_stages(out):
-        log.warning("removed %s, left by a build that was killed", stale)
+    Leftovers of killed builds on this host are deleted first (remove_stale_stages).
+
+    An OSError on the way (read-only file system, no permission, disk full, quota) becomes a
+    PgoError (output_error): one line naming the path, after the same cleanup.
+    """
+    kept = out.is_dir() and any(out.iterdir())
+    created: list[Path] = []
     tmp = out.with_name(f".{out.name}.tmp-{_owner()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
-    tmp.mkdir()
     try:
+        _make_parents(out, created)
+        for stale in remove_stale_stages(out):
+            log.warning("removed %s, left by a build that was killed", stale)
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
+        tmp.mkdir()
         yield tmp
         _place(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        for parent in created:
+        for parent in reversed(created):
             if parent.exists() and not any(parent.iterdir()):
                 parent.rmdir()
+        if isinstance(exc, OSError):
+            raise output_error(exc, out, kept) from None
         raise
 
 
@@ -394,20 +464,97 @@ def staged_output(out: Path) -> Iterator[Path]:
 
 
 def _worker_init() -> None:
-    """Workers die on SIGTERM (Pool.terminate) whatever handler the parent installed."""
+    """Workers die on SIGTERM whatever handler the parent installed, and leave Ctrl-C to the
+    parent (which stops them)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _results(tasks: list[PatientTask], workers: int):
-    """Results of `prepare_patient` in task order, from `workers` processes (or in-process)."""
-    if workers <= 1:
+def _serve(conn) -> None:
+    """A build worker: prepare each patient it is sent and send back (True, result) or
+    (False, the exception), until None or the pipe closes."""
+    _worker_init()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            reply = (True, prepare_patient(task))
+        except Exception as exc:  # the parent raises it
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except OSError:  # the parent stopped listening
+            return
+        except Exception as exc:  # an exception that does not pickle: its text then
+            conn.send((False, RuntimeError(f"{type(exc).__name__}: {reply[1]}")))
+
+
+def _results(tasks: list[PatientTask], workers: int) -> Iterator[PatientResult]:
+    """Results of `prepare_patient` in task order, from `workers` processes (or in-process).
+
+    Each worker has its own pipe and at most one task at a time; the parent hands the next
+    task to whichever worker is idle and reorders, keeping at most 4 * workers results ahead of
+    the one it waits for. Nothing is shared between processes, so stopping early (an error in
+    the parent, a full disk, SIGTERM) just terminates the workers: multiprocessing.Pool's
+    terminate could deadlock on its shared result queue when a worker was killed mid-send.
+    A worker that dies (out of memory) is an error naming its patient, not a hang.
+    """
+    if workers <= 1 or len(tasks) <= 1:
         yield from map(prepare_patient, tasks)
         return
     # fork: the workers inherit the imported modules instead of importing torch again each
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with context.Pool(workers, initializer=_worker_init) as pool:
-        yield from pool.imap(prepare_patient, tasks)  # imap: results in task order
+    procs, conns = [], []
+    try:
+        for _ in range(min(workers, len(tasks))):
+            conn, child = context.Pipe()
+            proc = context.Process(target=_serve, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            procs.append(proc)
+            conns.append(conn)
+        idle, running = list(range(len(procs)))[::-1], {}  # worker -> task index
+        ready: dict[int, PatientResult] = {}
+        sent = done = 0
+        while done < len(tasks):
+            while idle and sent < len(tasks) and sent - done < 4 * len(procs):
+                worker = idle.pop()
+                conns[worker].send(tasks[sent])
+                running[worker] = sent
+                sent += 1
+            if done in ready:
+                yield ready.pop(done)
+                done += 1
+                continue
+            for conn in multiprocessing.connection.wait([conns[w] for w in running]):
+                worker = conns.index(conn)
+                index = running.pop(worker)
+                try:
+                    ok, value = conn.recv()
+                except EOFError:
+                    procs[worker].join()
+                    raise PgoError(
+                        f"build worker {procs[worker].pid} ended (exit code "
+                        f"{procs[worker].exitcode}; a negative code is the signal, e.g. -9 when "
+                        f"out of memory) while preparing patient {tasks[index].patient!r}"
+                    ) from None
+                if not ok:
+                    raise value
+                ready[index] = value
+                idle.append(worker)
+    finally:  # normally every worker is idle in recv(); SIGTERM ends it wherever it is
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join()
+        for conn in conns:
+            conn.close()
 
 
 def _image_manifest(images: Mapping | None, fmt: str | None, sizes: set) -> dict | None:
@@ -438,6 +585,7 @@ def write_shards(
     sizes: set = set()
     units = 0
     pattern = str(directory).replace("%", "%%") + "/" + SHARD_PATTERN
+    hold = Hold.from_env("build")  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
     if spec["images"] is None:
         # Without images a sample is a few .npy encodings (microseconds): shipping the vectors
         # to a worker and the bytes back costs the main process more than encoding them.
@@ -459,7 +607,8 @@ def write_shards(
             **TAR_OPTIONS,
         ) as sink,
     ):
-        for task, result in zip(inputs.tasks, _results(inputs.tasks, workers), strict=True):
+        prepared = zip(inputs.tasks, _results(inputs.tasks, workers), strict=True)
+        for done, (task, result) in enumerate(prepared, start=1):
             for sample in result.samples:
                 sink.write(sample)
             dropped += result.dropped
@@ -472,6 +621,8 @@ def write_shards(
                     "event": task.event,
                 }
             bar.update()
+            if hold is not None:  # tests only: k patients staged, the build not finished
+                hold.at(done)
     if not patients:
         raise PgoError(
             f"cohort {spec['cohort']}: every patient was dropped "
@@ -484,10 +635,13 @@ def write_shards(
     splits = spec["splits"]
     source = split_source(splits)
     folds = (
-        restrict(inputs.file_splits, kept, source)
+        restrict(inputs.file_splits, kept, source, inputs.split_columns)
         if inputs.file_splits is not None
         else SPLITTERS[splits["kind"]](splits, sorted(kept))
     )
+    split_record = {"kind": splits["kind"], "source": source, "folds": folds}
+    if inputs.file_splits is not None:  # fold i is the file's column columns[i]
+        split_record.update(columns=inputs.split_columns, sha256=inputs.split_sha256)
     return {
         "schema_version": SCHEMA_VERSION,
         "cohort": spec["cohort"],
@@ -502,8 +656,8 @@ def write_shards(
         },
         "patients": patients,
         "shards": [shard_record(p) for p in sorted(directory.glob(SHARD_GLOB))],
-        "splits": {"kind": splits["kind"], "source": source, "folds": folds},
-        "dropped": sorted(dropped, key=lambda d: (d["patient"], d["unit"] or "")),
+        "splits": split_record,
+        "dropped": sorted(dropped, key=lambda d: (d["patient"] or "", d["unit"] or "")),
         "missing": spec["missing"],
         "spec": dict(spec),
     }

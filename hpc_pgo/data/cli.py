@@ -4,12 +4,15 @@
     pgo-shards build --survival T.csv.gz --patient-col case_id --time-col survival_months \\
         --censorship-col censorship --omics same --group cnv:suffix=_cnv \\
         --group mut:suffix=_mut --group rna:suffix=_rnaseq --splits random:15 --out DIR
-    pgo-shards verify DIR        # every shard against the manifest; exit 1 on a mismatch
+    pgo-shards verify DIR        # every shard, and the manifest itself; exit 1 on a mismatch
+    pgo-shards seal DIR          # digest an old manifest (written before digests) once verified
     pgo-shards info DIR          # patients, units, events, features per group, splits
     pgo-shards demo --out DIR    # simulate the demo cohort (hpc_pgo.data.demo) and build it
     pgo-shards embed-rna DIR --scgpt MODEL_DIR [--mlp-a mlp_a.pt]   # (hpc_pgo.data.embed_rna)
 
-Bad input prints `error: <one line>` to stderr and exits 2.
+Bad input prints `error: <one line>` to stderr and exits 2; so does a file-system error
+(read-only, no permission, disk full: the path and the system's reason; the traceback only with
+--verbose).
 """
 
 from __future__ import annotations
@@ -215,30 +218,82 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _print_built(out: Path, manifest: dict) -> None:
     c = manifest["counts"]
+    splits = manifest["splits"]
+    columns = splits.get("columns")
+    mapping = (
+        f" (folds 0..{len(columns) - 1} = columns {columns[0]!r}..{columns[-1]!r})"
+        if columns
+        else ""
+    )
     print(
         f"built {out}: {c['patients']} patients, {c['units']} units, {c['events']} events, "
-        f"{len(manifest['shards'])} shards, {len(manifest['splits']['folds'])} splits, "
+        f"{len(manifest['shards'])} shards, {len(splits['folds'])} splits{mapping}, "
         f"{len(manifest['dropped'])} dropped"
     )
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _verifier(directory: str) -> Callable:
+    """verify, or cells.verify_cells for cell shards (the manifest's kind)."""
     from hpc_pgo.data import cells
     from hpc_pgo.data.shards import read_manifest, verify
 
-    check = cells.verify_cells if read_manifest(args.dir).get("kind") == cells.KIND else verify
-    report = check(args.dir, decode=not args.no_decode)
+    kind = read_manifest(directory, check_digest=False).get("kind")
+    return cells.verify_cells if kind == cells.KIND else verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = _verifier(args.dir)(args.dir, decode=not args.no_decode)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}")
     print(report.summary())
     return 0 if report.ok else EXIT_MISMATCH
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    """Add the digest to a manifest written without one (before hpc_pgo sealed manifests),
+    after verifying the shard set against it; a sealed manifest is left as it is, an edited
+    one (digest differs) is refused."""
+    from hpc_pgo.data.shards import (
+        DIGEST_KEY,
+        MANIFEST,
+        digest_problem,
+        manifest_digest,
+        read_manifest,
+        write_manifest,
+    )
+
+    manifest = read_manifest(args.dir, check_digest=False)
+    path = Path(args.dir) / MANIFEST
+    if manifest.get(DIGEST_KEY) == manifest_digest(manifest):
+        print(f"{path}: already sealed; nothing to do")
+        return 0
+    if manifest.get(DIGEST_KEY) is not None:
+        raise PgoError(
+            f"{path}: its content differs from its {DIGEST_KEY} (edited after it was written); "
+            "seal only digests a manifest that has none; rebuild the shard set "
+            "(pgo-shards build --force)"
+        )
+    report = _verifier(args.dir)(args.dir, decode=not args.no_decode)
+    unsealed = f"{MANIFEST}: {digest_problem(manifest, args.dir)}"
+    problems = [p for p in report.problems if p != unsealed]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"seal {args.dir}: refused, verify finds {len(problems)} problems; rebuild it")
+        return EXIT_MISMATCH
+    write_manifest(args.dir, manifest)
+    print(f"sealed {path}: {report.shards} shards, {report.samples} samples verified")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from hpc_pgo.data import cells
     from hpc_pgo.data.shards import info, read_manifest
 
-    summary = cells.info_cells if read_manifest(args.dir).get("kind") == cells.KIND else info
+    kind = read_manifest(args.dir, check_digest=False).get("kind")
+    summary = cells.info_cells if kind == cells.KIND else info
     print(summary(args.dir))
     return 0
 
@@ -400,6 +455,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="shard set directory")
     p.add_argument("--no-decode", action="store_true", help="check counts and sha256 only")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser(
+        "seal",
+        help="digest a manifest written without one, after verifying it",
+        description="Verify a shard set whose manifest.json has no manifest_sha256 (written "
+        "before hpc_pgo digested its manifests) and, when every check passes, add the digest "
+        "(atomically). The loader, embed-rna and cells refuse a manifest without one.",
+    )
+    p.add_argument("dir", help="shard set directory")
+    p.add_argument("--no-decode", action="store_true", help="check counts and sha256 only")
+    p.set_defaults(func=cmd_seal)
     p = sub.add_parser("info", help="summarise a shard set")
     p.add_argument("dir", help="shard set directory")
     p.set_defaults(func=cmd_info)
@@ -425,7 +490,8 @@ def _exit_on_sigterm(signum: int, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `pgo-shards`; returns the exit status (0 ok, 1 verify mismatch, 2 bad input)."""
+    """Run `pgo-shards`; returns the exit status (0 ok, 1 verify mismatch, 2 bad input or a
+    file-system error)."""
     args = make_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -439,6 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except PgoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # the file system said no (read-only, permission, full): one line
+        log.info("%s", exc, exc_info=True)  # the traceback, with --verbose
+        from hpc_pgo.data.build import os_error_text
+
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         if main_thread and previous is not None:

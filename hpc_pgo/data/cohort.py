@@ -333,12 +333,16 @@ def _separator(path: Path) -> str:
 
 
 def table_columns(path: Path | str, what: str) -> list[str]:
-    """The header of a CSV/TSV table."""
+    """The header of a CSV/TSV table as written: a repeated name stays repeated (pandas would
+    rename the second 'X' to 'X.1'), an empty one is ''."""
     path = Path(path)
     if not path.is_file():
         raise PgoError(f"{what} table {path}: file not found")
     try:
-        return [str(c) for c in pd.read_csv(path, sep=_separator(path), nrows=0).columns]
+        header = pd.read_csv(
+            path, sep=_separator(path), header=None, nrows=1, dtype=str, keep_default_na=False
+        )
+        return [str(c) for c in header.iloc[0].tolist()]
     except (
         pd.errors.ParserError,
         pd.errors.EmptyDataError,

@@ -63,11 +63,38 @@ def unit_name(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "-", raw)
 
 
+def skip_reason(path: Path, kind: str) -> str | None:
+    """Why an entry of the image folder is not an image file of a `kind` cohort, or None when
+    it is one: a folder (not searched), a hidden file (.DS_Store, macOS '._' copies of images),
+    a suffix that is not an image's (notes.txt), something that is not a regular file."""
+    suffixes = ROI_SUFFIXES if kind == "rois" else SLIDE_SUFFIXES
+    if path.is_dir():
+        return "a folder (images.dir is not searched recursively)"
+    if not path.is_file():
+        return "not a regular file (e.g. a broken link)"
+    if path.name.startswith("."):
+        return "a hidden file (name starts with '.')"
+    if path.suffix.lower() not in suffixes:
+        return (
+            f"suffix {path.suffix or '(none)'!r} is not an image suffix of a {kind} cohort "
+            f"({', '.join(suffixes)})"
+        )
+    return None
+
+
+def skipped_entries(directory: str | Path, kind: str) -> list[tuple[Path, str]]:
+    """(path, why) of every entry of `directory` that find_image_files leaves out, by name; the
+    build lists each in the manifest's `dropped`, so that no file is skipped unseen."""
+    entries = sorted(Path(directory).iterdir())
+    return [(path, why) for path in entries if (why := skip_reason(path, kind))]
+
+
 def find_image_files(directory: str | Path, kind: str, patient_regex: str) -> dict[str, list[Path]]:
     """Image files of `directory` (not recursive) grouped by patient, each list sorted by name.
 
     `patient_regex` is searched in the file name and must have a named group `patient`.
-    A file with an image suffix that the regex does not match is an error naming it.
+    A file with an image suffix that the regex does not match is an error naming it; entries
+    that are no image file (skip_reason) are left out (skipped_entries lists them).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -76,7 +103,7 @@ def find_image_files(directory: str | Path, kind: str, patient_regex: str) -> di
     pattern = re.compile(patient_regex)
     found: dict[str, list[Path]] = {}
     for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in suffixes or path.name.startswith("."):
+        if skip_reason(path, kind):
             continue
         match = pattern.search(path.name)
         if match is None or not match.group("patient"):

@@ -53,7 +53,8 @@ process still reads whole: the tar headers for the index (512 bytes per member) 
 each shard once for its sha256; both are cached per process by (file, size, mtime). For millions
 of tiles in thousands of shards, index only the shards a rank reads (assign shards to ranks).
 
-Bad input raises PgoError naming the shard (and key): a shard whose size, sample count or sha256
+Bad input raises PgoError naming the shard (and key): a manifest edited since it was written (its
+digest, shards.read_manifest) when the fold is opened; a shard whose size, sample count or sha256
 differs from the manifest (truncated, tampered) or whose tar headers do not parse, when the
 loader is made; a member that ends early, an image that does not decode, a sample without a
 field the caller asked for, while reading.
@@ -145,7 +146,8 @@ class FoldData:
 
 
 def open_fold(shard_dir: Path | str, fold: int) -> FoldData:
-    """Read manifest.json and select fold `fold` (0-based) of its splits."""
+    """Read manifest.json and select fold `fold` (0-based) of its splits. A manifest edited
+    since it was written (its manifest_sha256 differs) or without a digest is refused."""
     shard_dir = Path(shard_dir)
     manifest = _require_keys(read_manifest(shard_dir), shard_dir)
     folds = manifest["splits"].get("folds", []) if isinstance(manifest["splits"], dict) else []

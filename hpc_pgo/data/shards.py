@@ -14,7 +14,7 @@ import json
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ from hpc_pgo.errors import PgoError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# sha256 of the manifest's canonical text without this key (manifest_digest); written by
+# write_manifest, checked by read_manifest (the loader, embed-rna, cells) and by verify
+DIGEST_KEY = "manifest_sha256"
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_GLOB = "shard-*.tar"
 
@@ -40,13 +43,41 @@ def manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False) + "\n"
 
 
+def manifest_digest(manifest: Mapping) -> str:
+    """Hex sha256 of the manifest's canonical text (manifest_text) without its DIGEST_KEY:
+    any change of content (a count, a split list, a shard record) changes it; whitespace does not."""
+    body = {key: value for key, value in manifest.items() if key != DIGEST_KEY}
+    return hashlib.sha256(manifest_text(body).encode()).hexdigest()
+
+
 def write_manifest(directory: Path | str, manifest: dict) -> Path:
-    """Write manifest.json atomically (a temporary name in the same directory, then rename)."""
+    """Seal the manifest (set manifest[DIGEST_KEY] = manifest_digest, in place) and write it
+    atomically (a temporary name in the same directory, then rename)."""
+    manifest[DIGEST_KEY] = manifest_digest(manifest)
     return atomic.write_text(Path(directory) / MANIFEST, manifest_text(manifest))
 
 
-def read_manifest(directory: Path | str) -> dict:
-    """The manifest of a shard set; PgoError when absent, not JSON, or of another schema."""
+def digest_problem(manifest: Mapping, directory: Path | str) -> str | None:
+    """Why the manifest's recorded digest does not vouch for its content (a phrase to follow
+    the manifest's path), or None when it does."""
+    recorded = manifest.get(DIGEST_KEY)
+    if recorded is None:
+        return (
+            f"no {DIGEST_KEY} (written before hpc_pgo sealed its manifests, or "
+            f"by hand); rebuild the shard set, or check and seal it: pgo-shards seal {directory}"
+        )
+    if recorded != manifest_digest(manifest):
+        return (
+            f"its content differs from its {DIGEST_KEY} (edited after it was "
+            "written); rebuild the shard set (pgo-shards build --force); "
+            f"pgo-shards verify {directory} names the entries that disagree with the shards"
+        )
+    return None
+
+
+def read_manifest(directory: Path | str, *, check_digest: bool = True) -> dict:
+    """The manifest of a shard set; PgoError when absent, not JSON, of another schema or (with
+    check_digest) without its digest or edited since it was written (digest_problem)."""
     path = Path(directory) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -59,6 +90,8 @@ def read_manifest(directory: Path | str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise PgoError(f"{path}: schema_version {version!r}; this hpc_pgo reads {SCHEMA_VERSION}")
+    if check_digest and (problem := digest_problem(manifest, directory)):
+        raise PgoError(f"{path}: {problem}")
     return manifest
 
 
@@ -124,6 +157,7 @@ class VerifyReport:
     samples: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # checks left out, and why (not problems)
 
     @property
     def ok(self) -> bool:
@@ -224,14 +258,29 @@ class _SampleChecker:
         return problems
 
 
+# the keys of a cohort manifest that verify reads, with their JSON type
+_MANIFEST_SHAPE = {"groups": dict, "patients": dict, "counts": dict, "shards": list, "splits": dict}
+
+
 def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
     """Check every shard against the manifest: presence, bytes, sha256, sample counts, and
-    (with `decode`) that every sample decodes and agrees with the manifest; also the total
-    and per-patient unit counts. Returns a report; it raises only when there is no manifest.
+    (with `decode`) that every sample decodes and agrees with the manifest; then the manifest
+    itself: its digest (edited since it was written?), its counts against its patients and the
+    shards, its splits (sound, and equal to what its recipe gives: split_problems). Returns a
+    report; it raises only when there is no readable manifest.
     """
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, check_digest=False)
     report = VerifyReport(str(directory))
+    broken = [k for k, kind in _MANIFEST_SHAPE.items() if not isinstance(manifest.get(k), kind)]
+    if broken:  # an edit that removed or retyped a key: nothing below could read it
+        problem = digest_problem(manifest, directory)
+        report.problems += [f"{MANIFEST}: {problem}"] if problem else []
+        report.problems.append(
+            f"{MANIFEST}: key(s) {', '.join(broken)} missing or not "
+            f"{' / '.join(sorted({_MANIFEST_SHAPE[k].__name__ for k in broken}))}"
+        )
+        return report
     checker = _SampleChecker(manifest)
     listed = {s["name"] for s in manifest["shards"]}
     for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
@@ -278,17 +327,99 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
             report.problems.append(
                 f"shard {entry['name']}: {count} samples, manifest says {entry['samples']}"
             )
-    expected = manifest["counts"]["units"]
-    if report.samples != expected and not report.problems:
-        report.problems.append(
-            f"{report.samples} samples in the shards, manifest counts {expected} units"
-        )
-    for patient, record in sorted(manifest["patients"].items()):
-        if not report.problems and units[patient] != record["units"]:
-            report.problems.append(
-                f"patient {patient}: {units[patient]} samples, manifest says {record['units']}"
-            )
+    shards_ok = not report.problems  # else the counts below would only repeat those problems
+    problem = digest_problem(manifest, directory)
+    if problem:
+        report.problems.append(f"{MANIFEST}: {problem}")
+    report.problems += count_problems(manifest, units if shards_ok else None)
+    problems, note = split_problems(manifest)
+    report.problems += problems
+    if note:
+        report.notes.append(note)
     return report
+
+
+def count_problems(manifest: Mapping, units: Mapping[str, int] | None) -> list[str]:
+    """Where the manifest's counts disagree with the shards (`units`: samples per patient
+    found in them; None when some shard could not be read, then with its own patients)."""
+    patients, counts = manifest["patients"], manifest["counts"]
+    problems = []
+    if units is None:
+        truth = {"patients": len(patients), "units": sum(r["units"] for r in patients.values())}
+        source = "its patients give"
+    else:
+        truth = {"patients": len(units), "units": sum(units.values())}
+        source = "the shards hold"
+        for patient in sorted(set(units) - set(patients)):
+            problems.append(
+                f"patient {patient}: {units[patient]} samples in the shards, not in the "
+                "manifest's patients"
+            )
+        for patient, record in sorted(patients.items()):
+            if units.get(patient, 0) != record["units"]:
+                problems.append(
+                    f"patient {patient}: {units.get(patient, 0)} samples, manifest says "
+                    f"{record['units']}"
+                )
+    for key, value in truth.items():
+        if counts.get(key) != value:
+            problems.append(f"{MANIFEST} counts.{key}: {counts.get(key)}, {source} {value}")
+    events = sum(r["event"] for r in patients.values())
+    if counts.get("events") != events:
+        problems.append(
+            f"{MANIFEST} counts.events: {counts.get('events')}, its patients give {events}"
+        )
+    return problems
+
+
+def split_problems(manifest: Mapping) -> tuple[list[str], str | None]:
+    """Where the manifest's splits are unsound (a patient in both sides of a fold, or in
+    neither, or unknown) or differ from the splits its build recipe gives (recomputed: seeded
+    random or k-fold always; a split file while it is the build's file, by sha256); and a note
+    when they could not be recomputed."""
+    from hpc_pgo.data.splits import recompute_splits
+
+    where = f"{MANIFEST} splits"
+    patients = set(manifest["patients"])
+    record = manifest["splits"]
+    folds = record.get("folds") or []
+    problems = []
+    for k, fold in enumerate(folds):
+        train, test = set(fold.get("train", [])), set(fold.get("test", []))
+        odd = {
+            "is in both train and test": train & test,
+            "is not in the manifest's patients": (train | test) - patients,
+            "is in neither train nor test": patients - train - test,
+        }
+        for what, ids in odd.items():
+            if ids:
+                problems.append(
+                    f"{where} fold {k}: patient {sorted(ids)[0]!r} {what} ({len(ids)} such)"
+                )
+    if not folds:
+        problems.append(f"{where}: no folds")
+    spec = (manifest.get("spec") or {}).get("splits")
+    if spec is None or spec.get("kind") != record.get("kind"):
+        return problems, "splits: the manifest's spec has no matching splits recipe; not recomputed"
+    try:
+        expected, source = recompute_splits(record, spec, patients)
+    except Exception as exc:  # the recipe no longer runs: a finding, named
+        return [*problems, f"{where}: cannot recompute them ({' '.join(str(exc).split())})"], None
+    if expected is None:
+        return problems, f"splits: not recomputed ({source}); checked by the manifest digest"
+    if len(expected) != len(folds):
+        problems.append(f"{where}: {len(folds)} folds, {source} gives {len(expected)}")
+    columns = record.get("columns") or []
+    for k, (fold, want) in enumerate(zip(folds, expected, strict=False)):
+        for side, other in (("train", "test"), ("test", "train")):
+            moved = sorted(set(fold.get(side, [])) & set(want[other]))
+            if moved:
+                column = f" (column {columns[k]!r})" if k < len(columns) else ""
+                problems.append(
+                    f"{where} fold {k}: patient {moved[0]!r} is in {side}, {source}"
+                    f"{column} puts it in {other} ({len(moved)} such)"
+                )
+    return problems, None
 
 
 # --------------------------------------------------------------------------- info
@@ -297,7 +428,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
 def info(directory: Path | str) -> str:
     """A human summary of a shard set: patients, units, events, features per group, image,
     splits, shards and what the build dropped."""
-    m = read_manifest(directory)
+    m = read_manifest(directory, check_digest=False)  # info describes even an edited one
     c = m["counts"]
     lines = [
         f"cohort {m['cohort']} ({directory}), built by {m.get('created_by', '?')}",
@@ -334,4 +465,6 @@ def info(directory: Path | str) -> str:
         lines.append(f"dropped: {len(dropped)} ({top})")
     else:
         lines.append("dropped: none")
+    problem = digest_problem(m, directory)
+    lines.append(f"manifest: {problem}" if problem else f"manifest: sealed ({DIGEST_KEY} matches)")
     return "\n".join(lines)

@@ -8,12 +8,16 @@ cohort gives the same splits on every machine.
   round(test_fraction * N) patients (at least 1, at most N - 1).
 - kfold: one seeded permutation cut into k near-equal parts; part i is the test set of fold i.
 - file: a table with one row per patient and one column per split (e.g. Pathomic Fusion's
-  pnas_splits.csv, columns `Randomization - 1..15`, values Train/Test).
+  pnas_splits.csv, columns `Randomization - 1..15`, values Train/Test). Columns numbered from 1
+  or from 0 are both read, in order (fold i = the i-th column); a gap, a repeat or another
+  start is an error: no split is ever left out or moved to another fold.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,25 +60,92 @@ def kfold_splits(patients: Iterable[str], k: int, seed: int) -> list[Split]:
     return out
 
 
-def read_split_file(section: Mapping, table_patients: Iterable[str]) -> list[Split]:
-    """Splits from a table with one row per patient and one column per split.
+@dataclass(frozen=True)
+class SplitTable:
+    """A split file as read: its split columns in fold order and each patient's side in each.
 
-    `section`: {"path", "patient" (None = first column), "columns" (a template with {k},
-    k = 1, 2, ... until a column is absent), "train", "test" (the two cell values)}.
-    Every patient of the split file must be in the survival table and the reverse; a cell
-    that is neither value is an error naming line and column.
+    columns[i] is the file's column of fold i (the loader's 0-based fold index), whether the
+    file numbers its columns from 1 (Pathomic Fusion's `Randomization - 1..15`) or from 0.
+    sides: patient -> ("train" | "test", ...), one entry per column.
+    """
+
+    path: str
+    columns: list[str]
+    sides: dict[str, tuple[str, ...]]
+
+    def splits(self, patients: Iterable[str]) -> list[Split]:
+        """The folds over `patients` (each must be in the file), patient ids sorted."""
+        ids = sorted(set(patients))
+        unknown = [p for p in ids if p not in self.sides]
+        if unknown:
+            raise PgoError(
+                f"split table {self.path}: patient {unknown[0]!r} is not in it "
+                f"({len(unknown)} such)"
+            )
+        return [
+            {side: [p for p in ids if self.sides[p][j] == side] for side in ("train", "test")}
+            for j in range(len(self.columns))
+        ]
+
+
+def _numbers(values: list[int]) -> str:
+    shown = ", ".join(map(str, values[:20]))
+    return shown + (", ..." if len(values) > 20 else "")
+
+
+def split_columns(path: str, template: str, header: list[str]) -> list[str]:
+    """The split columns of a split table's `header`, in fold order: the columns that
+    `template` (with {k}) names, numbered k = 1..n or k = 0..n-1. A gap, a repeated number,
+    or another start is an error naming the columns found and the numbering expected, so that
+    no split is ever left out or shifted to another fold."""
+    parts = template.split("{k}")
+    pattern = re.compile(
+        re.escape(parts[0]) + "(?P<k>[0-9]+)" + "(?P=k)".join(re.escape(part) for part in parts[1:])
+    )
+    numbered = sorted(
+        (int(m["k"]), column) for column in header if (m := pattern.fullmatch(column))
+    )
+    if not numbered:
+        shown = ", ".join(map(repr, header[:8])) + (", ..." if len(header) > 8 else "")
+        raise PgoError(
+            f"split table {path}: no column {template.format(k=1)!r} (template "
+            f"{template!r}, k = 1, 2, ...); its columns: {shown}"
+        )
+    numbers = [k for k, _ in numbered]
+    found = f"columns {numbered[0][1]!r} .. {numbered[-1][1]!r}"
+    repeated = sorted({k for k in numbers if numbers.count(k) > 1})
+    if repeated:
+        names = [c for k, c in numbered if k == repeated[0]]
+        raise PgoError(
+            f"split table {path}: split number {repeated[0]} is given by {len(names)} columns "
+            f"({', '.join(map(repr, names))}); valid: one column per split, numbered 1..n "
+            "(or 0..n-1)"
+        )
+    first = numbers[0]
+    gaps = sorted(set(range(first, numbers[-1] + 1)) - set(numbers))
+    if first not in (0, 1) or gaps:
+        why = f"missing {_numbers(gaps)}" if gaps else f"starting at {first}"
+        raise PgoError(
+            f"split table {path}: {found} are numbered {_numbers(numbers)} ({why}); valid: "
+            f"{template!r} numbered 1..n (Pathomic Fusion's pnas_splits.csv: 1..15) or "
+            "0..n-1, without gaps"
+        )
+    return [column for _, column in numbered]
+
+
+def read_split_table(section: Mapping, table_patients: Iterable[str] | None = None) -> SplitTable:
+    """A split file: one row per patient (repeated rows must agree), one column per split
+    (split_columns), each cell the train or the test value (an error names line and column);
+    with `table_patients`, it must name exactly those (the survival table's, both directions).
+
+    `section`: {"path", "patient" (None = first column), "columns" (a template with {k}),
+    "train", "test" (the two cell values)}.
     """
     path = section["path"]
-    pcol = section["patient"] or table_columns(path, "split")[0]
+    header = table_columns(path, "split")
+    pcol = section["patient"] or header[0]
+    columns = split_columns(path, section["columns"], header)
     table = read_table(path, pcol, "split")
-    columns = []
-    while section["columns"].format(k=len(columns) + 1) in table.columns:
-        columns.append(section["columns"].format(k=len(columns) + 1))
-    if not columns:
-        raise PgoError(
-            f"split table {path}: no column {section['columns'].format(k=1)!r} "
-            f"(template {section['columns']!r})"
-        )
     labels = {section["train"]: "train", section["test"]: "test"}
     cells = table[columns].astype(str).apply(lambda c: c.str.strip())
     bad = ~cells.isin(list(labels)).to_numpy()
@@ -93,14 +164,17 @@ def read_split_file(section: Mapping, table_patients: Iterable[str]) -> list[Spl
                 f"(lines {rows[pid][1] + 2} and {i + 2})"
             )
         rows.setdefault(pid, (tuple(values), i))
-    _check_same_patients(set(rows), set(table_patients), path)
-    out = []
-    for j in range(len(columns)):
-        split: Split = {"train": [], "test": []}
-        for pid in sorted(rows):
-            split[labels[rows[pid][0][j]]].append(pid)
-        out.append(split)
-    return out
+    if table_patients is not None:
+        _check_same_patients(set(rows), set(table_patients), path)
+    sides = {pid: tuple(labels[v] for v in values) for pid, (values, _) in rows.items()}
+    return SplitTable(str(path), columns, sides)
+
+
+def read_split_file(section: Mapping, table_patients: Iterable[str]) -> list[Split]:
+    """Splits from a split file (read_split_table); it must name exactly the survival
+    table's patients (both directions)."""
+    table = read_split_table(section, table_patients)
+    return table.splits(table.sides)
 
 
 def _check_same_patients(in_file: set[str], in_table: set[str], path: str) -> None:
@@ -118,18 +192,22 @@ def _check_same_patients(in_file: set[str], in_table: set[str], path: str) -> No
             )
 
 
-def restrict(splits: list[Split], kept: set[str], source: str) -> list[Split]:
+def restrict(
+    splits: list[Split], kept: set[str], source: str, columns: list[str] | None = None
+) -> list[Split]:
     """Splits limited to the patients that are in the shards (dropped patients leave them).
 
-    A split left without train or test patients is an error.
+    A split left without train or test patients is an error naming the fold (and the split
+    file's column of it, `columns[k]`, when given).
     """
     out = []
     for k, split in enumerate(splits):
         cut = {side: [p for p in split[side] if p in kept] for side in ("train", "test")}
         for side, ids in cut.items():
             if not ids:
+                column = f" (column {columns[k]!r})" if columns else ""
                 raise PgoError(
-                    f"splits from {source}: split {k + 1} of {len(splits)} has no "
+                    f"splits from {source}: fold {k}{column} of {len(splits)} has no "
                     f"{side} patient left after dropping patients ({len(kept)} "
                     "kept)"
                 )
@@ -154,3 +232,26 @@ def split_source(section: Mapping) -> str:
             f"seed={section['seed']}"
         )
     return f"kfold: k={section['n']}, seed={section['seed']}"
+
+
+def recompute_splits(
+    record: Mapping, section: Mapping, patients: Iterable[str]
+) -> tuple[list[Split] | None, str]:
+    """The folds that a build's splits `section` (the manifest's spec.splits) gives over
+    `patients`, and a phrase naming where they come from; for a split file only while it is
+    the file of the build (its sha256 equals record["sha256"], the manifest's splits record),
+    else (None, why not). Generated splits depend only on the ids and the seed: always."""
+    if section["kind"] != "file":
+        recipe = f"the recipe ({split_source(section)})"
+        return SPLITTERS[section["kind"]](section, sorted(patients)), recipe
+    from hpc_pgo.data.shards import sha256_file
+
+    path = Path(section["file"]["path"])
+    if record.get("sha256") is None:
+        return None, f"the manifest records no sha256 of the split file {path}"
+    if not path.is_file():
+        return None, f"the split file {path} is not there any more"
+    if sha256_file(path) != record["sha256"]:
+        return None, f"the split file {path} changed since the build"
+    table = read_split_table(section["file"])
+    return table.splits(patients), f"the split file {path}"

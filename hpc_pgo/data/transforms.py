@@ -1,9 +1,12 @@
-"""Image units into model input: decode, the train/test views, ImageNet normalisation.
+"""Image units into model input: decode, the train/test views, normalisation.
 
 Conventions: an image tensor is CHW, RGB. `decode_image` gives uint8 (3, H, W); a view is uint8
 (3, S, S) with S = image_size; `normalize` gives float32 (3, S, S) with
-x = (v / 255 - mean_c) / std_c, mean = IMAGENET_MEAN, std = IMAGENET_STD (the ImageNet statistics
-that timm's pretrained encoders expect, timm's IMAGENET_DEFAULT_MEAN/STD).
+x = (v / 255 - mean_c) / std_c, mean = IMAGENET_MEAN, std = IMAGENET_STD (timm's
+IMAGENET_DEFAULT_MEAN/STD): the loader's batches are in these units, whatever the model.
+A backbone pretrained with other statistics (CLIP's, Inception's 0.5/0.5, ...) gets its own:
+the image branch maps the batch with `renormalization` (hpc_pgo.models.image), exactly, since
+both are per-channel affine maps of the same pixels.
 
 Scale is never changed on purpose: ROIs are stored at a fixed magnification, so the train view is
 a random S x S crop and the test view the centre S x S crop of the same pixels. Only an image
@@ -13,7 +16,7 @@ smaller than S on a side is first resized (shorter side to S, antialiased) in bo
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +83,23 @@ _SCALE = 1.0 / (255.0 * torch.tensor(IMAGENET_STD, dtype=torch.float64))
 _SHIFT = -torch.tensor(IMAGENET_MEAN, dtype=torch.float64) / torch.tensor(
     IMAGENET_STD, dtype=torch.float64
 )
+
+
+def renormalization(
+    source: tuple[Sequence[float], Sequence[float]], target: tuple[Sequence[float], Sequence[float]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), float32 (3,) each, such that x * scale_c + shift_c turns pixels normalised
+    with source = (mean, std) into the same pixels normalised with target = (mean', std'):
+
+        v / 255 = x * std_c + mean_c   =>   x' = (v / 255 - mean'_c) / std'_c
+                                             = x * (std_c / std'_c) + (mean_c - mean'_c) / std'_c
+    """
+    (mean, std), (mean_t, std_t) = (
+        [torch.tensor(v, dtype=torch.float64) for v in pair] for pair in (source, target)
+    )
+    scale = std / std_t
+    shift = (mean - mean_t) / std_t
+    return scale.to(torch.float32), shift.to(torch.float32)
 
 
 def normalize(views: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,7 @@ class Engine:
                 "here (resume from the last good checkpoint, lower train.lr or check the inputs)"
             )
         stats = self._balance(glob, epoch)
+        stats.update(branch_concordance(glob))
         lrs = self.modulator.effective_lr()
         self.ds.backward(loss)
         self.ds.step()
@@ -330,16 +332,22 @@ class Engine:
         return {"rho_g": rho_g, "rho_p": rho_p, "k_g": k_g, "k_p": k_p}
 
     @torch.no_grad()
-    def eval_theta(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """theta (B,) float32 of this rank's batch in eval mode (dropout off), no gradient."""
+    def eval_outputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The head's outputs of this rank's batch in eval mode (dropout off), no gradient, as
+        float32 (B,) tensors: "theta", and "theta_g", "theta_p" when the head splits additively
+        (concat with both modalities; see hpc_pgo.models.fusion)."""
         was_training = self.ds.module.training
         self.ds.eval()
         try:
-            theta = self.ds(self.to_device(batch))["theta"].float()
+            out = self.ds(self.to_device(batch))
         finally:
             if was_training:
                 self.ds.train()
-        return theta
+        return {k: out[k].float() for k in ("theta", "theta_g", "theta_p") if k in out}
+
+    def eval_theta(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """theta (B,) float32 of this rank's batch in eval mode (dropout off), no gradient."""
+        return self.eval_outputs(batch)["theta"]
 
     def save(
         self, directory: str | os.PathLike, client_state: Mapping[str, Any] | None = None
@@ -350,6 +358,22 @@ class Engine:
     def load(self, directory: str | os.PathLike) -> dict[str, Any]:
         """load_checkpoint of this engine's DeepSpeed engine (see there)."""
         return load_checkpoint(self.ds, directory)
+
+
+def branch_concordance(glob: Any) -> dict[str, float]:
+    """Harrell's C of each branch part (theta_g, theta_p) on one step's global batch: who is
+    learning, as training goes (a diagnostic: training mode, one batch). NaN for a head without
+    per-modality theta, or a batch without a comparable pair."""
+    from hpc_pgo.survival import concordance
+
+    out = {}
+    for key, part in (("cindex_g", glob.theta_g), ("cindex_p", glob.theta_p)):
+        try:
+            c = math.nan if part is None else concordance(glob.time, part.float(), glob.event)
+        except PgoError:  # no death before another sample's time in this batch
+            c = math.nan
+        out[key] = c
+    return out
 
 
 def save_checkpoint(
@@ -395,19 +419,64 @@ def save_checkpoint(
 
 def load_checkpoint(ds_engine: Any, directory: str | os.PathLike) -> dict[str, Any]:
     """Load the checkpoint that ``directory/latest`` names into ds_engine (model, optimizer,
-    schedule, step). Returns the client_state given to ``save_checkpoint``. Raises PgoError when
-    there is none. The files are our own (DeepSpeed pickles optimizer state): load only
-    checkpoints you wrote.
+    schedule, step). Returns the client_state given to ``save_checkpoint``. The files are our own
+    (DeepSpeed pickles optimizer state): load only checkpoints you wrote.
+
+    Raises PgoError, naming the checkpoint directory, when there is no ``latest``, when the tag
+    it names is not there (listing the tags that are), and when a file of the checkpoint does not
+    load (a truncated or corrupt file: named, with the loader's first line).
     """
     directory = Path(directory)
     latest = directory / "latest"
     if not latest.is_file():
         raise PgoError(f"{directory}: no 'latest' file; valid: a directory written by Engine.save")
     tag = latest.read_text().strip()
-    path, client_state = ds_engine.load_checkpoint(str(directory), tag=tag)
+    if not tag or not (directory / tag).is_dir():
+        found = [p.name for p in sorted(directory.iterdir()) if p.is_dir() and p.name[0] != "."]
+        raise PgoError(
+            f"{directory}: 'latest' names checkpoint {tag!r}, which does not exist; the directory "
+            f"holds {', '.join(found) or 'no checkpoint'}; valid: a 'latest' naming one of them "
+            "(written by Engine.save), or no checkpoints directory to start the fold afresh"
+        )
+    try:
+        path, client_state = ds_engine.load_checkpoint(str(directory), tag=tag)
+    except Exception as err:  # torch.load, unpickling, DeepSpeed's asserts: one line with the path
+        cause = f"{type(err).__name__}: {_first_line(err)}"
+        culprit = _unreadable_file(directory / tag)
+        if culprit is not None:
+            raise PgoError(
+                f"{culprit}: a file of checkpoint {tag!r} in {directory} is truncated or corrupt "
+                f"(not a complete torch archive; {cause}); valid: a complete checkpoint written "
+                "by Engine.save (remove the checkpoints directory to start the fold afresh)"
+            ) from err
+        raise PgoError(
+            f"{directory / tag}: checkpoint {tag!r} does not load ({cause}); valid: a checkpoint "
+            "written by Engine.save for this model and config"
+        ) from err
     if path is None:
         raise PgoError(f"{directory}/{tag}: DeepSpeed found no loadable checkpoint there")
     return dict((client_state or {}).get(_CLIENT_KEY, {}))
+
+
+def _unreadable_file(checkpoint: Path) -> Path | None:
+    """The first file of a checkpoint tag that is not a complete torch zip archive, else None.
+
+    torch.save writes a zip file; a truncated one has no end-of-central-directory record, so
+    zipfile refuses it (or finds a member whose CRC fails) without unpickling anything.
+    """
+    for file in sorted(checkpoint.rglob("*.pt")):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                if archive.testzip() is not None:
+                    return file
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return file
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _barrier() -> None:

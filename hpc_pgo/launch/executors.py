@@ -10,15 +10,26 @@ One registry entry per cluster kind (cfg.cluster.kind) builds an ``Array`` from 
   the report whatever the folds' outcome.
 
 The sbatch options of a fold come from the cluster group (configs/cluster/slurm.yaml);
-``slurm_parameters`` shows the mapping.
+``slurm_parameters`` shows the mapping. An sbatch that refuses them (a partition or GPUs the
+cluster does not have) is one PgoError line with sbatch's own message, and nothing stays
+submitted (a report job refused after the array cancels the array).
+
+``job_error`` says why a job ended without a result, cause first: the exception's line, "killed
+by signal 9 (SIGKILL)", "job cancelled (CANCELLED by 0)", "time limit reached (TIMEOUT)", ...;
+progress-bar lines of the job's stderr are never taken for a cause.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
 import shutil
+import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,18 +66,128 @@ def fold_state(task: FoldTask, job: submitit.Job | None) -> str:
     return DONE if (out / METRICS_FILE).is_file() else FAILED
 
 
+# a tqdm line of a job's stderr: "fold 0:  43%|####  | 6/14 [00:02<00:03, 2.4step/s]", or any
+# line holding a carriage return (tqdm redraws one line with them)
+_PROGRESS = re.compile(r"\r|\d+%\||\|\s*\d+/\d+\s*\[")
+# the last line of a Python traceback: "RuntimeError: ...", "hpc_pgo.errors.PgoError: ..."
+_EXCEPTION = re.compile(
+    r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Busy)(?::|$)"
+)
+# Slurm end states that say the cause themselves
+_SLURM_CAUSES = {
+    "CANCELLED": "job cancelled",
+    "TIMEOUT": "time limit reached (cluster.time)",
+    "OUT_OF_MEMORY": "out of memory (cluster.mem_gb)",
+    "NODE_FAIL": "its node failed",
+    "PREEMPTED": "preempted",
+    "BOOT_FAIL": "its node did not boot",
+    "DEADLINE": "deadline reached",
+}
+
+
+def log_lines(text: str | None) -> list[str]:
+    """The non-empty lines of a job log, progress-bar lines left out."""
+    return [
+        line.strip()
+        for line in (text or "").splitlines()
+        if line.strip() and not _PROGRESS.search(line)
+    ]
+
+
+def exception_line(text: str | None) -> str | None:
+    """The last exception line ('Type: message') of a log or traceback, or None."""
+    lines = [line for line in log_lines(text) if _EXCEPTION.match(line)]
+    return lines[-1] if lines else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def job_cause(job: submitit.Job) -> str:
+    """Why a finished job has no result, in one line (the cause first; see the module text)."""
+    result = job.paths.result_pickle
+    if result.exists():
+        try:
+            outcome, payload = submitit.core.utils.pickle_load(result)
+        except Exception as err:  # a torn pickle: the job died while writing it
+            return f"its result could not be read ({type(err).__name__})"
+        if outcome == "error":
+            return exception_line(str(payload)) or (log_lines(str(payload)) or ["failed"])[-1]
+        return "finished"
+    stderr = job.stderr()
+    process = getattr(job, "_process", None)  # the local controller (submitit.LocalJob)
+    if process is not None and process.poll() is not None and process.returncode < 0:
+        n = -process.returncode
+        return f"killed by signal {n} ({_signal_name(n)})"
+    if isinstance(job, submitit.SlurmJob):
+        state = str(job.get_info(mode="force").get("State") or "UNKNOWN")
+        word = state.split()[0]
+        if word in _SLURM_CAUSES:
+            return f"{_SLURM_CAUSES[word]} (Slurm state {state})"
+        line = exception_line(stderr)
+        return line if line is not None else f"ended without a result (Slurm state {state})"
+    line = exception_line(stderr)
+    if line is not None:
+        return line
+    return (
+        "ended without a result and without an exception: its process was killed (e.g. "
+        "kill -9, out of memory) or its controller ended"
+    )
+
+
 def job_error(job: submitit.Job | None) -> str | None:
-    """The last line of a finished job's error (submitit's FailedJobError carries the traceback)."""
+    """The error of a finished job as error.txt holds it: 'job <id>: <cause>' on the first line,
+    then the last lines of its stderr without progress bars; None while it runs or if it has
+    none."""
     if job is None or not job.done():
         return None
-    try:
-        err = job.exception()
-    except Exception as exc:  # a job with no result at all (killed, cancelled)
-        err = exc
-    if err is None:
+    cause = job_cause(job)
+    if cause == "finished":
         return None
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+    text = f"job {job.job_id}: {cause}"
+    tail = log_lines(job.stderr())[-10:]
+    if tail:
+        text += "\n\nlast lines of its stderr (progress bars left out):\n" + "\n".join(tail)
+    return text
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc; [] elsewhere or when it has ended)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def slurm_alive(job_ids: Iterable[str]) -> set[str]:
+    """The ids among job_ids ('<job>' or '<array>_<task>') that squeue still lists (queued,
+    running, completing). PgoError when squeue fails for another reason than unknown ids."""
+    wanted = set(job_ids)
+    if not wanted or shutil.which("squeue") is None:
+        return set()
+    bases = sorted({j.split("_")[0] for j in wanted})
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(bases)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess([], 1, "", "squeue timed out after 30 s")
+    if done.returncode != 0:
+        if "Invalid job id" in done.stderr:  # every id already gone from slurmctld's memory
+            return set()
+        why = (done.stderr or done.stdout).strip().splitlines()
+        raise PgoError(
+            f"cannot tell whether Slurm jobs {', '.join(sorted(wanted))} still run (squeue: "
+            f"{why[0] if why else 'failed'}); valid: a running Slurm controller"
+        )
+    listed = set(done.stdout.split())
+    return {j for j in wanted if j in listed or j.split("_")[0] in listed}
 
 
 @dataclass
@@ -103,8 +224,28 @@ class Array:
                 self.jobs[i] = self.executor.submit(self.tasks[i])
                 running += 1
 
+    def cancel(self) -> list[int]:
+        """Cancel the local jobs still running: SIGINT to their ranks (the children of each
+        local controller, which then ends quietly; SIGINT to the controller itself would print
+        its traceback on the launcher's terminal). Returns the task indices cancelled; Slurm
+        jobs are left to Slurm. A rank that ignores SIGINT still ends with its launcher
+        (FoldTask.launcher)."""
+        cancelled = []
+        if self.parallel:
+            for i, job in self.jobs.items():
+                if job.done():
+                    continue
+                ranks = _children(int(job.job_id))
+                for pid in ranks:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGINT)
+                if not ranks:
+                    job.cancel(check=False)
+                cancelled.append(i)
+        return cancelled
+
     def errors(self) -> dict[int, str]:
-        """Task index -> the scheduler's error line, for tasks whose job failed."""
+        """Task index -> the scheduler's error (job_error), for tasks whose job failed."""
         out = {}
         for i, job in self.jobs.items():
             line = job_error(job)
@@ -183,8 +324,30 @@ def _local_array(
     executor = submitit.LocalExecutor(folder=folder / "%j")
     executor.update_parameters(**local_parameters(cfg.cluster))
     array = Array(tasks=tasks, executor=executor, parallel=max(1, int(cfg.cluster.parallel)))
-    array.poll()  # the first folds start now
+    try:
+        array.poll()  # the first folds start now
+    except BaseException:
+        array.cancel()
+        raise
     return array
+
+
+def _sbatch(submit: Callable[[], object], run_dir: Path, what: str) -> object:
+    """Run a submitit Slurm submission; sbatch's refusal becomes one PgoError line with its
+    message (submitit would print sbatch's stderr and raise a multi-line FailedJobError)."""
+    shown = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(shown):
+            return submit()
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:
+        lines = [re.sub(r"^sbatch:\s*(error:\s*)?", "", line.strip())
+                 for line in str(err).splitlines() if line.strip()]  # fmt: skip
+        message = "; ".join(dict.fromkeys(lines)) or "no message"
+        raise PgoError(
+            f"cluster=slurm: sbatch refused {what} of run_dir {run_dir}: {message}; nothing was "
+            "submitted and the run_dir is as it was; valid: a partition, GPUs and options this "
+            "cluster has (sinfo; cluster.partition, cluster.gpus_per_node, cluster.sbatch)"
+        ) from None
 
 
 def _slurm_array(
@@ -195,11 +358,25 @@ def _slurm_array(
         return Array(tasks=[])
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     executor.update_parameters(**slurm_parameters(cfg.cluster, f"pgo-{cfg.name}"))
-    with executor.batch():
-        jobs = [executor.submit(task) for task in tasks]
+
+    def submit_array() -> list[submitit.Job]:
+        with executor.batch():
+            jobs = [executor.submit(task) for task in tasks]
+        return jobs
+
+    jobs = _sbatch(submit_array, folder.parent, "the fold array")
     array = Array(tasks=tasks, jobs=dict(enumerate(jobs)), executor=executor)
     if report is not None and jobs:
-        array.report_job = _submit_report_job(cfg, folder, jobs[0].job_id.split("_")[0], report)
+        array_id = jobs[0].job_id.split("_")[0]
+        try:
+            array.report_job = _sbatch(
+                lambda: _submit_report_job(cfg, folder, array_id, report),
+                folder.parent,
+                "the report job",
+            )
+        except BaseException:
+            subprocess.run(["scancel", array_id], capture_output=True, timeout=30)
+            raise
     return array
 
 

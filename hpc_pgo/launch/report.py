@@ -7,19 +7,28 @@ SEM over folds) and writes, each atomically:
 
     summary.json     {"c_index": {"mean", "ci95", "std", "per_fold": {"<k>": c}}, "n_folds",
                       "failed_folds": {"<k>": error}, "missing_folds": [k], "config_digest",
-                      "folds": {"<k>": {"patients", "events", "units"}}}   (NaN -> null)
-    summary.md       a table fold | C-index | patients | events, then mean +- ci95 and std
-    km.png           test patients of all folds pooled (one row per fold and patient), split at
-                     the median hazard, with the log-rank p
-    modulation.png   rho and the coefficients k over training (fold_<k>/modulation.csv), mean
-                     over folds with a +-1 std band; left out when no fold logged modulation
+                      "folds": {"<k>": {"patients", "events", "units"}},
+                      "km": {"patients", "rows", "folds", "high_risk", "low_risk",
+                             "logrank_p", "rule"}, "km_logrank_p",
+                      "branches": {"genomic"|"image": {"mean", "ci95", "std", "per_fold"}}
+                                  or {"note": why a run has no branch parts}}   (NaN -> null)
+    summary.md       a table fold | C-index | patients | events, then mean +- ci95 and std, then
+                     the KM line (unique patients, groups, log-rank p)
+    km.png           the unique test patients of all folds, each ONCE, in one risk group by
+                     hpc_pgo.survival.km.risk_groups (per fold: position against that fold's median
+                     test hazard; per patient: the mean position), with the log-rank p over them
+    modulation.png   rho, the coefficients k and each branch part's training-batch C-index
+                     over training (fold_<k>/modulation.csv), mean over folds with a +-1 std
+                     band; left out when no fold logged modulation
 
 It works on partial runs (missing folds are listed) and on prediction files from elsewhere in
 the same layout (without config.yaml the folds are the fold_<k> directories found).
 
 A sweep (run_dir/sweep.json, written at submit) has one sub-run per configuration:
 ``write_sweep_report`` writes each sub-run's report and a side-by-side table (sweep.md,
-sweep_summary.json) in the order of the sweep file.
+sweep_summary.json) in the order of the sweep file, with each branch part's C-index and, when
+the sweep names a reference, every entry's paired per-fold comparison with it
+(hpc_pgo.survival.paired).
 """
 
 from __future__ import annotations
@@ -48,8 +57,15 @@ SUMMARY_JSON, SUMMARY_MD, KM_PNG, MODULATION_PNG = (
 )  # fmt: skip
 SWEEP_FILE, SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep_summary.json", "sweep.md"
 MODULATION_FILE = "modulation.csv"
-# modulation.csv columns drawn, per panel: the contribution ratios, then the coefficients.
-MODULATION_PANELS = {"rho": ("rho_g", "rho_p"), "coefficient k": ("k_g", "k_p")}
+# modulation.csv columns drawn, per panel: the contribution ratios, the coefficients, and the
+# training-batch C-index of each branch part (who learns when).
+MODULATION_PANELS = {
+    "rho": ("rho_g", "rho_p"),
+    "coefficient k": ("k_g", "k_p"),
+    "branch C-index (train batches)": ("cindex_g", "cindex_p"),
+}
+# predictions.csv columns of the concat head's parts (hpc_pgo.train.fold.BRANCH_COLUMNS), by part
+BRANCH_PARTS = {"genomic": "hazard_genomic", "image": "hazard_image"}
 _FOLD_DIR = re.compile(r"fold_(\d+)")
 
 
@@ -108,14 +124,23 @@ def summarize_run(run_dir: Path) -> tuple[dict, dict[int, pd.DataFrame]]:
     folds = expected_folds(run_dir)
     preds, failed, missing = collect_folds(run_dir, folds)
     per_fold: dict[int, float] = {}
+    branch_folds: dict[str, dict[int, float]] = {part: {} for part in BRANCH_PARTS}
     patients: dict[int, pd.DataFrame] = {}
     for k, df in preds.items():
         try:
             patients[k] = patient_hazards(df, where=f"fold {k}")
             per_fold[k] = fold_cindex(df, where=f"fold {k}")
+            for part, column in BRANCH_PARTS.items():
+                if column in df.columns:
+                    branch_folds[part][k] = fold_cindex(
+                        df.assign(hazard=df[column]), where=f"fold {k} {column}"
+                    )
         except PgoError as err:
             failed[k] = str(err)
             patients.pop(k, None)
+            per_fold.pop(k, None)
+            for values in branch_folds.values():
+                values.pop(k, None)
     stats = summarize_cindex(per_fold) if per_fold else {"mean": None, "ci95": None, "std": None}
     digest = config_digest(load_config(run_dir)) if (run_dir / CONFIG_FILE).is_file() else None
     summary = {
@@ -137,8 +162,40 @@ def summarize_run(run_dir: Path) -> tuple[dict, dict[int, pd.DataFrame]]:
             }
             for k, p in sorted(patients.items())
         },
+        "branches": _branch_summary(branch_folds, per_fold, run_dir),
     }
     return summary, patients
+
+
+def _branch_summary(
+    branch_folds: Mapping[str, Mapping[int, float]], per_fold: Mapping[int, float], run_dir: Path
+) -> dict:
+    """Each branch part's own C-index over the folds (summary.json "branches").
+
+    {"genomic": {"mean", "ci95", "std", "per_fold"}, "image": {...}} when every scored fold has
+    the parts (a concat head over both modalities); otherwise {"note": why there are none}.
+    """
+    if per_fold and all(set(folds) == set(per_fold) for folds in branch_folds.values()):
+        out = {}
+        for part, folds in branch_folds.items():
+            stats = summarize_cindex(folds)
+            out[part] = {
+                "mean": _finite_or_none(stats["mean"]),
+                "ci95": _finite_or_none(stats["ci95"]),
+                "std": _finite_or_none(stats["std"]),
+                "per_fold": {str(k): folds[k] for k in sorted(folds)},
+            }
+        return out
+    cfg = load_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
+    if cfg is not None and "coxph" in str(cfg.launch.fold_fn):
+        note = "a CoxPH reference has no branches"
+    elif cfg is not None and len(cfg.model.modalities) == 1:
+        note = f"one modality ({cfg.model.modalities[0]}): no branch parts"
+    elif cfg is not None and cfg.model.fusion == "kronecker":
+        note = "kronecker fusion mixes the modalities before the head: theta has no additive split"
+    else:
+        note = "the predictions hold no hazard_genomic / hazard_image columns"
+    return {"note": note}
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -157,6 +214,23 @@ def summary_markdown(summary: Mapping, title: str) -> str:
         f"C-index over {summary['n_folds']} fold(s): {_fmt(c['mean'])} ± {_fmt(c['ci95'])} "
         f"(95% CI half-width, t with n-1 df); std {_fmt(c['std'])}",
     ]
+    branches = summary.get("branches") or {}
+    if "note" in branches:
+        lines.append(f"Branch parts: none ({branches['note']})")
+    elif branches:
+        parts = "; ".join(
+            f"{part} part alone {_fmt(b['mean'])} ± {_fmt(b['ci95'])}"
+            for part, b in branches.items()
+        )
+        lines.append(f"Branch parts of theta (each scored alone, same protocol): {parts}")
+    if summary.get("km"):
+        km = summary["km"]
+        p = "n/a" if km["logrank_p"] is None else f"{km['logrank_p']:.2e}"
+        lines.append(
+            f"Kaplan-Meier: {km['patients']} unique test patients (each once; {km['rows']} "
+            f"fold-patient rows over {km['folds']} fold(s)), high risk {km['high_risk']}, "
+            f"low risk {km['low_risk']}; log-rank p = {p}"
+        )
     for k, error in summary["failed_folds"].items():
         lines.append(f"- fold {k} FAILED: {error}")
     if summary["missing_folds"]:
@@ -188,19 +262,27 @@ def plot_modulation(run_dir: Path, folds: list[int], path: Path) -> bool:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 3.8), dpi=110)
-    for i, (panel, columns) in enumerate(MODULATION_PANELS.items()):
-        ax = fig.add_subplot(1, len(MODULATION_PANELS), i + 1)
+    panels = {
+        panel: [c for c in columns if c in data.columns and data[c].notna().any()]
+        for panel, columns in MODULATION_PANELS.items()
+    }
+    panels = {panel: columns for panel, columns in panels.items() if columns}
+    if not panels:
+        return False
+    fig = Figure(figsize=(4.5 * len(panels), 3.8), dpi=110)
+    for i, (panel, columns) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        # a batch's C-index is noisy: that panel shows each fold's epoch mean, then folds
+        by = "epoch" if panel.startswith("branch") and "epoch" in data.columns else x
         for column in columns:
-            if column not in data.columns:
-                continue
-            stats = data.groupby(x)[column].agg(["mean", "std"]).fillna(0.0)
+            per_fold = data.groupby(["fold", by])[column].mean().reset_index()
+            stats = per_fold.groupby(by)[column].agg(["mean", "std"]).fillna(0.0)
             ax.plot(stats.index, stats["mean"], label=column)
             ax.fill_between(
                 stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.25
             )
-        ax.set_xlabel(x)
-        ax.set_title(f"{panel} (mean over {data['fold'].nunique()} folds, ±1 std)")
+        ax.set_xlabel(by)
+        ax.set_title(f"{panel}\n(mean over {data['fold'].nunique()} folds, ±1 std)", fontsize=9)
         ax.legend()
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
@@ -215,22 +297,30 @@ def plot_modulation(run_dir: Path, folds: list[int], path: Path) -> bool:
 
 def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
     """Write summary.json, summary.md, km.png and modulation.png of one run; return the summary."""
-    from hpc_pgo.survival.km import plot_km  # loads matplotlib
+    from hpc_pgo.survival.km import HIGH_RISK, KM_RULE, plot_km, risk_groups  # loads matplotlib
 
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise PgoError(
-            f"run directory {run_dir} does not exist; valid: a run directory of launch/submit.py"
-        )
+    run_dir = check_run_path(run_dir)
     summary, patients = summarize_run(run_dir)
     title = title or run_dir.name
     if patients:
-        pooled = pd.concat(
-            [p.assign(fold=k) for k, p in sorted(patients.items())], ignore_index=True
-        )
+        # Each patient once: the random splits overlap (a patient is tested in ~3 folds).
+        unique = risk_groups(patients, where=f"{run_dir} (fold_<k>/predictions.csv)")
         p_value = plot_km(
-            pooled, run_dir / KM_PNG, title=f"{title}: test patients of {len(patients)} fold(s)"
+            unique,
+            run_dir / KM_PNG,
+            title=f"{title}: test patients of {len(patients)} fold(s)",
+            groups=unique["group"],
         )
+        high = int((unique["group"] == HIGH_RISK).sum())
+        summary["km"] = {
+            "patients": len(unique),
+            "rows": int(unique["n_folds"].sum()),
+            "folds": len(patients),
+            "high_risk": high,
+            "low_risk": len(unique) - high,
+            "logrank_p": _finite_or_none(p_value),
+            "rule": KM_RULE,
+        }
         summary["km_logrank_p"] = _finite_or_none(p_value)
     summary["modulation_plot"] = plot_modulation(
         run_dir, sorted(patients), run_dir / MODULATION_PNG
@@ -240,43 +330,158 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
     return summary
 
 
-def sweep_table(sweep: Mapping, summaries: Mapping[str, Mapping]) -> str:
-    """The sweep side by side, as the paper's table: one row per configuration, its labels, C-index."""
+def sweep_paired(sweep: Mapping, summaries: Mapping[str, Mapping]) -> dict[str, dict]:
+    """Every entry against the sweep's reference, fold by fold (hpc_pgo.survival.paired); {} when
+    the sweep names none. Entries sharing no finished fold with the reference get {"note"}."""
+    from hpc_pgo.survival.paired import paired_difference
+
+    reference = sweep.get("reference")
+    if not reference:
+        return {}
+    ref_folds = summaries[reference]["c_index"]["per_fold"]
+    out = {}
+    for run in sweep["runs"]:
+        name = run["name"]
+        if name == reference:
+            continue
+        folds = summaries[name]["c_index"]["per_fold"]
+        if not set(folds) & set(ref_folds):
+            out[name] = {"note": f"no finished fold in common with {reference}"}
+            continue
+        result = paired_difference(
+            {int(k): v for k, v in folds.items()}, {int(k): v for k, v in ref_folds.items()}
+        )
+        out[name] = {k: _finite_or_none(v) for k, v in result.items()}
+    return out
+
+
+def _paired_cells(paired: Mapping | None) -> list[str]:
+    """Δ (95% CI), wins/n, Wilcoxon p of one entry; the reference's own row gets 'reference'."""
+    if paired is None:
+        return ["reference", "", ""]
+    if "note" in paired:
+        return [paired["note"], "", ""]
+    low = None if paired["ci95"] is None else paired["mean"] - paired["ci95"]
+    high = None if paired["ci95"] is None else paired["mean"] + paired["ci95"]
+    return [
+        f"{paired['mean']:+.3f} [{_fmt(low)}, {_fmt(high)}]",
+        f"{paired['wins']}/{paired['n']}",
+        f"{paired['wilcoxon_p']:.3g}",
+    ]
+
+
+def sweep_table(
+    sweep: Mapping, summaries: Mapping[str, Mapping], paired: Mapping[str, Mapping] | None = None
+) -> str:
+    """The sweep side by side, as the paper's table: one row per configuration, its labels, the
+    C-index, each branch part's own C-index, and (with a reference) the paired comparison."""
+    paired = paired or {}
     columns = list(sweep["columns"])
-    head = ["run", *columns, "C-index (mean ± ci95)", "std", "folds", "failed"]
+    head = ["run", *columns, "C-index (mean ± ci95)", "genomic part", "image part", "std",
+            "folds", "failed"]  # fmt: skip
+    reference = sweep.get("reference")
+    if reference:
+        head += [f"Δ vs {reference} [95% CI]", "wins", "Wilcoxon p"]
     lines = [f"# {sweep['title']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in sweep["runs"]:
         s = summaries[run["name"]]
         c = s["c_index"]
+        branches = s.get("branches") or {}
+        parts = [
+            f"{_fmt(branches[p]['mean'])} ± {_fmt(branches[p]['ci95'])}"
+            if p in branches else "n/a"
+            for p in BRANCH_PARTS
+        ]  # fmt: skip
         labels = [str(run["labels"].get(col, "")) for col in columns]
-        lines.append(
-            "| " + " | ".join([run["name"], *labels, f"{_fmt(c['mean'])} ± {_fmt(c['ci95'])}",
-                               _fmt(c["std"]), str(s["n_folds"]), str(len(s["failed_folds"]))]) + " |"
-        )  # fmt: skip
+        cells = [run["name"], *labels, f"{_fmt(c['mean'])} ± {_fmt(c['ci95'])}", *parts,
+                 _fmt(c["std"]), str(s["n_folds"]), str(len(s["failed_folds"]))]  # fmt: skip
+        if reference:
+            cells += _paired_cells(paired.get(run["name"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    if reference:
+        lines += [
+            "",
+            f"Δ: per-fold paired difference in C-index against {reference} over the folds both "
+            "finished (mean, 95% t interval); wins: folds where the entry is higher; p: Wilcoxon "
+            "signed-rank, two-sided.",
+        ]
+        uneven = {
+            name: p for name, p in paired.items()
+            if "n" in p and (p["only_candidate"] or p["only_reference"])
+        }  # fmt: skip
+        for name, p in uneven.items():
+            lines.append(f"- {name}: compared on {p['n']} common folds")
+    notes = {
+        run["name"]: summaries[run["name"]]["branches"]["note"]
+        for run in sweep["runs"]
+        if "note" in (summaries[run["name"]].get("branches") or {})
+    }
+    for name, note in notes.items():
+        lines.append(f"- {name}: branch parts n/a ({note})")
     return "\n".join(lines) + "\n"
 
 
 def write_sweep_report(run_dir: str | os.PathLike) -> dict:
-    """Each sub-run's report, then sweep.md and sweep_summary.json side by side; returns the latter."""
+    """Each sub-run's report, then sweep.md and sweep_summary.json side by side; returns the latter
+    ({"sweep", "reference", "runs": {name: summary}, "paired": {name: paired difference}})."""
     run_dir = Path(run_dir).resolve()
     sweep = json.loads((run_dir / SWEEP_FILE).read_text(encoding="utf-8"))
     summaries = {
         run["name"]: write_report(run_dir / run["name"], title=run["name"]) for run in sweep["runs"]
     }
-    write_text(run_dir / SWEEP_MD, sweep_table(sweep, summaries))
-    result = {"sweep": sweep["name"], "runs": summaries}
+    paired = sweep_paired(sweep, summaries)
+    write_text(run_dir / SWEEP_MD, sweep_table(sweep, summaries, paired))
+    result = {
+        "sweep": sweep["name"],
+        "reference": sweep.get("reference"),
+        "runs": summaries,
+        "paired": paired,
+    }
     write_text(run_dir / SWEEP_JSON, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
 
 
+def check_run_path(run_dir: str | os.PathLike) -> Path:
+    """run_dir resolved, or PgoError when it does not exist or is not a directory."""
+    path = Path(run_dir).resolve()
+    if not path.exists():
+        raise PgoError(
+            f"run directory {path} does not exist; valid: a run directory of launch/submit.py"
+        )
+    if not path.is_dir():
+        raise PgoError(
+            f"{path} is a file, not a run directory; valid: the directory launch/submit.py "
+            "printed (holding config.yaml and fold_<k>/), not a file in it"
+        )
+    return path
+
+
+def report_run(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
+    """Write the report of a run or a sweep; return (the Markdown table to print, the folds
+    that failed or are missing, as '[<sweep run>/]fold_<k>: failed|missing')."""
+    run_dir = check_run_path(run_dir)
+    if (run_dir / SWEEP_FILE).is_file():
+        result = write_sweep_report(run_dir)
+        summaries = {f"{name}/": summary for name, summary in result["runs"].items()}
+        text = (run_dir / SWEEP_MD).read_text(encoding="utf-8")
+    else:
+        summaries = {"": write_report(run_dir)}
+        text = (run_dir / SUMMARY_MD).read_text(encoding="utf-8")
+    incomplete = [
+        f"{prefix}fold_{k}: {what}"
+        for prefix, summary in summaries.items()
+        for what, folds in (
+            ("failed", summary["failed_folds"]),
+            ("missing", summary["missing_folds"]),
+        )
+        for k in folds
+    ]
+    return text, incomplete
+
+
 def report(run_dir: str | os.PathLike) -> str:
     """Write the report of a run or a sweep; return the Markdown table to print."""
-    run_dir = Path(run_dir).resolve()
-    if (run_dir / SWEEP_FILE).is_file():
-        write_sweep_report(run_dir)
-        return (run_dir / SWEEP_MD).read_text(encoding="utf-8")
-    write_report(run_dir)
-    return (run_dir / SUMMARY_MD).read_text(encoding="utf-8")
+    return report_run(run_dir)[0]
 
 
 class ReportJob:

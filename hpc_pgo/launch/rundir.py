@@ -11,12 +11,19 @@ Layout (one run; a sweep has one such directory per configuration under the swee
 A run directory that holds another config (another config_digest) is refused, with the keys
 that differ, unless force=true. A fold is finished when fold_<k>/metrics.json exists and records
 the run's config digest; submitting the same run again skips finished folds (force=true reruns).
+A finished fold never keeps an error.txt beside its metrics.json (an earlier, failed try's).
+
+A submission that fails after it started writing (sbatch refuses the array, ...) puts the run
+directory back as it found it: ``RunDirChanges`` records every change ``prepare_run_dir`` and
+the submission make and undoes them (``rollback``), or drops its backups (``commit``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -95,29 +102,141 @@ def fold_finished(run_dir: Path, fold: int, digest: str) -> bool:
     return recorded is None or recorded == digest
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> list[int]:
+class RunDirChanges:
+    """The changes a submission makes to its run directories, to undo them if it fails.
+
+    Every write goes through it: ``mkdir`` (directories it creates), ``write`` (a file's old bytes
+    or its absence), ``remove_file``, ``remove_tree`` (moved aside to a hidden sibling, deleted
+    at ``commit``), and ``watch`` (a directory whose new entries, e.g. submitit's pickles, are
+    removed). ``rollback`` undoes them newest first; ``commit`` keeps them.
+    """
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+        self._aside: list[Path] = []
+
+    def mkdir(self, path: Path) -> None:
+        """Create path and its missing parents; rollback removes those it created (if empty,
+        except path itself, which is removed with its content)."""
+        path = Path(path)
+        missing = []
+        for p in [path, *path.parents]:
+            if p.exists():
+                break
+            missing.append(p)
+        path.mkdir(parents=True, exist_ok=True)
+        for p in reversed(missing):  # outermost first: undone last
+            if p == path:
+                self._undo.append(lambda p=p: shutil.rmtree(p, ignore_errors=True))
+            else:
+                self._undo.append(lambda p=p: _rmdir_if_empty(p))
+
+    def _remember(self, path: Path) -> None:
+        path = Path(path)
+        if path.is_file():
+            old, mode = path.read_bytes(), path.stat().st_mode
+
+            def restore() -> None:
+                path.write_bytes(old)
+                path.chmod(mode)
+
+            self._undo.append(restore)
+        else:
+            self._undo.append(lambda: path.unlink(missing_ok=True))
+
+    def write(self, path: Path, writer: Callable[[], object]) -> None:
+        """Run writer(), which writes the file `path`; rollback restores the old file or none."""
+        self._remember(path)
+        writer()
+
+    def remove_file(self, path: Path) -> None:
+        if Path(path).is_file():
+            self._remember(path)
+            Path(path).unlink()
+
+    def remove_tree(self, path: Path) -> None:
+        """Move the directory aside (rollback moves it back; commit deletes it)."""
+        path = Path(path)
+        if not path.exists():
+            return
+        aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
+        self._aside.append(aside)
+        self._undo.append(lambda: (shutil.rmtree(path, ignore_errors=True), aside.rename(path)))
+
+    def watch(self, directory: Path) -> None:
+        """Rollback removes the entries of `directory` that are not there now."""
+        directory = Path(directory)
+        before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+
+        def undo() -> None:
+            if directory.is_dir():
+                for p in directory.iterdir():
+                    if p.name not in before:
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+        self._undo.append(undo)
+
+    def rollback(self) -> None:
+        """Undo every change, newest first (each undo step is tried even if one fails)."""
+        errors = []
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except OSError as err:
+                errors.append(err)
+        self._undo, self._aside = [], []
+        if errors:
+            raise errors[0]
+
+    def commit(self) -> None:
+        """Keep the changes; delete what remove_tree moved aside."""
+        for aside in self._aside:
+            shutil.rmtree(aside, ignore_errors=True)
+        self._undo, self._aside = [], []
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # not empty: someone else wrote there meanwhile
+
+
+def prepare_run_dir(
+    cfg: DictConfig, run_dir: Path, changes: RunDirChanges | None = None
+) -> list[int]:
     """Check and set up run_dir for cfg; return the folds still to run.
 
     Writes config.yaml (atomically), creates fold_<k>/ for every fold and submitit/, and
-    removes a stale error.txt of each fold about to run. Finished folds (fold_finished) are
-    left out unless cfg.force. With force=true every selected fold starts from nothing: its
-    directory (checkpoints of a possibly different config included) is emptied first, and the
-    config is saved with force=false, so that a requeued fold resumes instead of restarting.
+    removes a stale error.txt of each fold about to run, and of each finished fold (its
+    metrics.json says it finished after that error). Finished folds (fold_finished) are left
+    out unless cfg.force. With force=true every selected fold starts from nothing: its directory
+    (checkpoints of a possibly different config included) is emptied first, and the config is
+    saved with force=false, so that a requeued fold resumes instead of restarting. With
+    `changes`, every change is recorded there (RunDirChanges) so that a failed submission can
+    undo it.
     """
+    own = changes is None
+    changes = RunDirChanges() if own else changes
     check_run_dir(cfg, run_dir)
     saved = cfg.copy()
     saved.force = False
-    save_config(saved, run_dir)
-    (run_dir / SUBMITIT_DIR).mkdir(parents=True, exist_ok=True)
+    changes.mkdir(run_dir)
+    changes.write(run_dir / CONFIG_FILE, lambda: save_config(saved, run_dir))
+    changes.mkdir(run_dir / SUBMITIT_DIR)
     digest = config_digest(cfg)
     todo = []
     for fold in cfg.folds:
         out = fold_dir(run_dir, fold)
-        if cfg.force and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if cfg.force:
+            changes.remove_tree(out)
+        changes.mkdir(out)
+        changes.remove_file(out / ERROR_FILE)  # never beside metrics.json, never before a rerun
         if fold_finished(run_dir, fold, digest):
             continue
-        (out / ERROR_FILE).unlink(missing_ok=True)
         todo.append(int(fold))
+    if own:
+        changes.commit()
     return todo

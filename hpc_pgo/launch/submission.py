@@ -6,6 +6,14 @@ the run directory and submits one FoldTask per (configuration, fold) through the
 cluster.kind (hpc_pgo.launch.executors). ``wait(submission)`` polls the folds (tqdm bar of
 done / running / failed), records the scheduler's error for a fold that died without
 error.txt, and writes the report (hpc_pgo.launch.report).
+
+Concurrent submissions (hpc_pgo.launch.locks): submit() locks the run directory while it checks,
+writes and submits, and refuses, with one PgoError line naming the run_dir and the holder, a
+run_dir that another launcher holds or with a selected fold that a live job of another
+submission trains or will train (queued on Slurm). On cluster=local with wait=true the lock is
+held until wait() has seen every fold finish, and the folds end with the launcher process
+(FoldTask.launcher). A submission that fails after it began writing (sbatch refuses the array)
+cancels what it submitted and puts the run directory back as it found it.
 """
 
 from __future__ import annotations
@@ -22,14 +30,15 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from hpc_pgo.atomic import write_text
-from hpc_pgo.config import compose, resolve_run_dir, save_config
+from hpc_pgo.config import CONFIG_FILE, compose, resolve_run_dir, save_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array
+from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array, slurm_alive
+from hpc_pgo.launch.locks import RunDirLock, claim_submitted, describe, fold_holder
 from hpc_pgo.launch.plan import fold_dir
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
-from hpc_pgo.launch.rundir import SUBMITIT_DIR, check_run_dir, prepare_run_dir
+from hpc_pgo.launch.rundir import SUBMITIT_DIR, RunDirChanges, check_run_dir, prepare_run_dir
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
-from hpc_pgo.launch.task import ERROR_FILE, FoldTask, resolve_fold_fn
+from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldTask, ProcessId, resolve_fold_fn
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,12 @@ class Submission:
     array: Array
     skipped: list[str]  # "<run>/fold_<k>" already finished with the same config
     wait: bool
+    lock: RunDirLock | None = None  # held while a local launcher waits for its folds
+
+    def close(self) -> None:
+        """Release the run directory's lock (wait() does it once every fold has finished)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def check_shards(cfg: DictConfig) -> None:
@@ -88,6 +103,17 @@ def compose_runs(
     return top, run_dir, runs, sweep.as_dict()
 
 
+def busy_folds(runs: Sequence[tuple[str | None, Path, DictConfig]]) -> list[str]:
+    """'fold_<k> is running as job ...' for each selected fold that a live job holds."""
+    busy = []
+    for name, sub_dir, cfg in runs:
+        for k in cfg.folds:
+            holder = fold_holder(fold_dir(sub_dir, k), slurm_alive)
+            if holder is not None:
+                busy.append(f"{name + '/' if name else ''}fold_{k} is {describe(holder)}")
+    return busy
+
+
 def submit(
     args: Sequence[str], config_dir: str | Path | None = None, now: datetime | None = None
 ) -> Submission:
@@ -101,7 +127,8 @@ def submit(
     if sweep is not None:
         check_run_dir(top, run_dir)
     n_tasks_max = sum(len(cfg.folds) for _, _, cfg in runs)
-    if top.cluster.kind == "local" and not top.wait and top.cluster.parallel < n_tasks_max:
+    local = top.cluster.kind == "local"
+    if local and not top.wait and top.cluster.parallel < n_tasks_max:
         raise PgoError(
             f"wait=false with cluster=local and cluster.parallel={top.cluster.parallel} < "
             f"{n_tasks_max} folds: the local executor starts waiting folds from this process; "
@@ -112,33 +139,91 @@ def submit(
 
         check_slurm_answers()
 
+    changes = RunDirChanges()
+    changes.mkdir(run_dir)
+    try:
+        lock = RunDirLock.acquire(run_dir)
+    except BaseException:
+        changes.rollback()
+        raise
+    try:
+        # under the lock: what another submission did meanwhile counts
+        for _, sub_dir, cfg in runs:
+            check_run_dir(cfg, sub_dir)
+        busy = busy_folds(runs)
+        if busy:
+            raise PgoError(
+                f"run_dir {run_dir} is in use: {'; '.join(busy)}; valid: wait for that job to "
+                "end (squeue; or scancel it), or another run_dir"
+            )
+        # the ranks of local folds end with this process when it waits for them
+        launcher = ProcessId.current() if local and top.wait else None
+        submission = _write_and_submit(top, run_dir, runs, sweep, changes, launcher)
+    except BaseException:
+        try:
+            changes.rollback()
+        finally:
+            lock.release()
+        raise
+    changes.commit()
+    if local and top.wait:
+        submission.lock = lock  # released by wait()
+    else:
+        lock.release()
+    return submission
+
+
+def _write_and_submit(
+    top: DictConfig,
+    run_dir: Path,
+    runs: Sequence[tuple[str | None, Path, DictConfig]],
+    sweep: dict | None,
+    changes: RunDirChanges,
+    launcher: ProcessId | None,
+) -> Submission:
+    """Write the run directories (recorded in changes) and submit the array."""
     if sweep is not None:
-        save_config(top, run_dir)
-        write_text(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n")
+        changes.write(run_dir / CONFIG_FILE, lambda: save_config(top, run_dir))
+        changes.write(
+            run_dir / SWEEP_FILE,
+            lambda: write_text(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n"),
+        )
+    changes.watch(run_dir / SUBMITIT_DIR)
     tasks, skipped = [], []
     for name, sub_dir, cfg in runs:
-        todo = prepare_run_dir(cfg, sub_dir)
-        tasks.extend(FoldTask(sub_dir, k) for k in todo)
+        todo = prepare_run_dir(cfg, sub_dir, changes)
+        tasks.extend(FoldTask(sub_dir, k, launcher) for k in todo)
         skipped.extend(f"{name + '/' if name else ''}fold_{k}" for k in cfg.folds if k not in todo)
+    changes.mkdir(run_dir / SUBMITIT_DIR)
     array = launch_array(top, run_dir / SUBMITIT_DIR, tasks, report=ReportJob(run_dir))
+    if top.cluster.kind == "slurm":  # queued tasks claim their folds (locks.claim_submitted)
+        for i, job in array.jobs.items():
+            claim_submitted(fold_dir(array.tasks[i].run_dir, array.tasks[i].fold), job.job_id)
     log.info("run %s: %d fold task(s) submitted, %d skipped", run_dir, len(tasks), len(skipped))
     return Submission(run_dir=run_dir, runs=runs, array=array, skipped=skipped, wait=bool(top.wait))
 
 
 def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]) -> None:
-    """error.txt for each failed fold that has none (killed, out of memory, a requeue limit)."""
+    """error.txt for each failed fold that has none (killed, out of memory, a requeue limit):
+    its first line is the cause (executors.job_error). Not for a fold whose metrics.json exists
+    or that a live job of another submission holds (its files are not ours)."""
     errors = None
     for i, state in enumerate(states):
         if state != FAILED or i in recorded:
             continue
         recorded.add(i)
         task = array.tasks[i]
-        path = fold_dir(task.run_dir, task.fold) / ERROR_FILE
-        if path.exists():
+        out = fold_dir(task.run_dir, task.fold)
+        if (out / ERROR_FILE).exists() or (out / METRICS_FILE).exists():
+            continue
+        holder = fold_holder(out)
+        if holder is not None and holder.get("job") != array.jobs[i].job_id:
             continue
         errors = array.errors() if errors is None else errors
-        line = errors.get(i, "the job ended without metrics.json and without error.txt")
-        write_text(path, f"job {array.jobs[i].job_id}: {line}\n")
+        line = errors.get(
+            i, f"job {array.jobs[i].job_id}: ended without metrics.json and without error.txt"
+        )
+        write_text(out / ERROR_FILE, line + "\n")
 
 
 def wait(
@@ -177,7 +262,25 @@ def wait(
                     f"{len(left)} fold(s) unfinished after {timeout_s:.0f} s: {left}"
                 )
             time.sleep(poll_s)
+    submission.close()  # every fold has finished: another launcher may use the run_dir now
     return {"done": states.count(DONE), "failed": states.count(FAILED)}
+
+
+def cancel(submission: Submission, why: str) -> int:
+    """Cancel the local folds still running (their controllers end their ranks); each gets
+    error.txt 'job <id>: cancelled (<why>) ...'. Returns how many; Slurm jobs are left alone."""
+    array = submission.array
+    cancelled = array.cancel()
+    for i in cancelled:
+        out = fold_dir(array.tasks[i].run_dir, array.tasks[i].fold)
+        if not (out / METRICS_FILE).exists() and not (out / ERROR_FILE).exists():
+            write_text(
+                out / ERROR_FILE,
+                f"job {array.jobs[i].job_id}: cancelled ({why}); the same command resumes it "
+                "from its last checkpoint\n",
+            )
+    submission.close()
+    return len(cancelled)
 
 
 def report_text(submission: Submission) -> str:

@@ -4,10 +4,14 @@ A sweep file (config, not code):
 
     title: "Table 3: ablation"                     # the report table's heading
     columns: [Exp., Encoding RNA-seq, Fusion]      # label columns of the side-by-side table
+    reference: exp1-snn-concat                     # optional: the entry the others are compared to
     runs:
       - name: exp1-snn-concat                      # sub-run directory <run_dir>/<name>/
         labels: {Exp.: 1, Encoding RNA-seq: SNN, Fusion: Concat}
         overrides: [model.genomic.rna_encoder=snn, balance.mode=none]
+
+With a reference, the report compares every other entry with it fold by fold (the entries share
+the splits): hpc_pgo.survival.paired.paired_difference over the folds both finished.
 
 A configuration is composed from the command line's tokens followed by its overrides (so the
 sweep wins for the keys it sets; group choices such as model=kronecker are tokens too).
@@ -46,6 +50,7 @@ class Sweep:
     title: str
     columns: tuple[str, ...]
     runs: tuple[SweepRun, ...]
+    reference: str | None = None
 
     def as_dict(self) -> dict:
         """The JSON form written to <run_dir>/sweep.json (what the report reads)."""
@@ -53,6 +58,7 @@ class Sweep:
             "name": self.name,
             "title": self.title,
             "columns": list(self.columns),
+            "reference": self.reference,
             "runs": [
                 {"name": r.name, "labels": r.labels, "overrides": list(r.overrides)}
                 for r in self.runs
@@ -95,13 +101,21 @@ def load_sweep(name: str, config_dir: str | Path | None = None) -> Sweep:
             raise PgoError(
                 f"{path}: runs[{i}] ({run.name}): overrides must be a list of key=value texts"
             )
-        labels = OmegaConf.to_container(run.get("labels", {}) or {})
+        labels = run.get("labels")
+        labels = OmegaConf.to_container(labels) if isinstance(labels, DictConfig) else {}
         parsed.append(SweepRun(name=str(run.name), labels=labels, overrides=tuple(overrides)))
+    reference = tree.get("reference")
+    if reference is not None and str(reference) not in seen:
+        raise PgoError(
+            f"{path}: reference {reference!r} names no entry; valid: one of "
+            f"{', '.join(r.name for r in parsed)}"
+        )
     return Sweep(
         name=name,
         title=str(tree.get("title", name)),
         columns=tuple(str(c) for c in tree.get("columns", [])),
         runs=tuple(parsed),
+        reference=None if reference is None else str(reference),
     )
 
 

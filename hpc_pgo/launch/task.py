@@ -9,17 +9,33 @@ array element, and the fold entry resumes from its last checkpoint in run_dir/fo
 
 A fold that fails leaves run_dir/fold_<k>/error.txt (the exception's one-line summary, then the
 traceback); the fold entry may write it itself, otherwise the task does. The task then re-raises,
-so that the scheduler records the failure; the other folds of the array go on.
+so that the scheduler records the failure; the other folds of the array go on. A fold that
+finishes removes an error.txt left by an earlier try: never error.txt beside metrics.json.
+
+Every rank claims its fold for the whole call (``hpc_pgo.launch.locks.FoldLock``): a task of
+another submission finds the fold claimed and ends with FoldBusy, touching nothing.
+
+On the local executor the ranks end with their launcher: ``FoldTask.launcher`` names the
+waiting launch/submit.py process (pid and start time), and a watchdog thread in every rank
+waits for that process to end (a pidfd, or /proc polling); then rank 0 writes error.txt and the
+rank kills its own children and itself (SIGKILL: a rank stuck in a collective or a futex wait
+cannot ignore it). Each local rank also asks the kernel for SIGKILL when its parent, submitit's
+local controller, dies (prctl PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
+import select
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -28,6 +44,7 @@ from hpc_pgo.atomic import write_text
 from hpc_pgo.config import load_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.launch.env import export_rendezvous
+from hpc_pgo.launch.locks import FoldBusy, FoldLock
 from hpc_pgo.launch.plan import fold_dir, plan_array
 
 log = logging.getLogger(__name__)
@@ -62,6 +79,97 @@ def error_summary(err: BaseException) -> str:
     """'<Type>: <first line of the message>', the line the report shows for a failed fold."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else '(no message)'}"
+
+
+def start_ticks(pid: int) -> int | None:
+    """A process's start time (clock ticks after boot, /proc/<pid>/stat field 22); None if gone.
+
+    With the pid it names one process for good: a pid reused later has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
+    if fields[0] == "Z":  # a zombie has ended; only its exit status is left
+        return None
+    return int(fields[19])
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """One process for good: pid and start time (a reused pid is another process)."""
+
+    pid: int
+    start: int
+
+    @classmethod
+    def current(cls) -> ProcessId:
+        return cls(os.getpid(), start_ticks(os.getpid()) or 0)
+
+    def alive(self) -> bool:
+        return start_ticks(self.pid) == self.start
+
+    def wait_gone(self, poll_s: float = 1.0) -> None:
+        """Block until the process has ended (a pidfd where the kernel has them, else polling)."""
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): poll /proc
+            while self.alive():
+                time.sleep(poll_s)
+            return
+        try:
+            if self.alive():  # the pidfd is this process, not a later one with the same pid
+                select.select([fd], [], [])  # readable once the process has ended
+        finally:
+            os.close(fd)
+
+
+def kill_children_and_exit() -> None:
+    """SIGKILL this process's children (DataLoader workers, ...), then this process."""
+    me = os.getpid()
+    for task in Path(f"/proc/{me}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                os.kill(int(child), signal.SIGKILL)
+            except OSError:
+                pass
+    os.kill(me, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent ends (Linux); if the parent has
+    already ended, end now."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # not Linux: the launcher watchdog still applies
+        return
+    if os.getppid() != parent:
+        kill_children_and_exit()
+
+
+def watch_launcher(launcher: ProcessId, on_gone: Callable[[], None]) -> threading.Thread:
+    """A daemon thread that calls on_gone() once the launcher process has ended."""
+
+    def run() -> None:
+        launcher.wait_gone()
+        on_gone()
+
+    thread = threading.Thread(target=run, name="pgo-launcher-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 class StopOnWarning:
@@ -107,13 +215,20 @@ class FoldTask:
     """One fold of a run, as a picklable, checkpointable submitit callable.
 
     run_dir: the (sub-)run directory holding config.yaml; the fold writes run_dir/fold_<fold>/.
-    Only paths and the fold number are pickled: the config is read from disk in the job, so a
-    requeued task sees exactly what was submitted.
+    launcher: on the local executor with wait=true, the launch/submit.py process the ranks end
+    with (module text); None: the ranks run on their own (Slurm, or local with wait=false).
+    Only paths, the fold number and the launcher are pickled: the config is read from disk in
+    the job, so a requeued task sees exactly what was submitted.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, fold: int) -> None:
+    launcher: ProcessId | None = None  # (also for a task pickled before the attribute existed)
+
+    def __init__(
+        self, run_dir: str | os.PathLike, fold: int, launcher: ProcessId | None = None
+    ) -> None:
         self.run_dir = str(run_dir)
         self.fold = int(fold)
+        self.launcher = launcher
 
     def __repr__(self) -> str:
         return f"FoldTask(run_dir={self.run_dir!r}, fold={self.fold})"
@@ -121,6 +236,11 @@ class FoldTask:
     def __call__(self) -> dict:
         """Run the fold on this rank; returns the fold entry's result (metrics)."""
         run_dir = Path(self.run_dir)
+        out = fold_dir(run_dir, self.fold)
+        job = submitit.JobEnvironment()
+        local = job.name() == "local"
+        if local:
+            die_with_parent()
         cfg = load_config(run_dir)
         (plan,) = [p for p in plan_array(cfg) if p.fold == self.fold] or [None]
         threads = plan.threads if plan is not None else 1
@@ -129,23 +249,45 @@ class FoldTask:
             "fold %d: rank %d of %d on %s:%d, %d threads",
             self.fold, here.rank, here.world_size, here.master_addr, here.master_port, threads,
         )  # fmt: skip
-        try:
-            fold_fn = resolve_fold_fn(cfg.launch.fold_fn)
-            with StopOnWarning(fold_fn) as warning:
-                result = fold_fn(cfg, self.fold, run_dir)
-            if isinstance(result, dict) and result.get("status") == "stopped":
-                # stopped by the signal, or by its own budget (train.stop_after_minutes):
-                # submitit's handler calls checkpoint(), requeues this array element and exits
-                warning.requeue()
-            return result
-        except BaseException as err:
-            # SystemExit/KeyboardInterrupt come from submitit's requeue and scancel: not failures
-            if isinstance(err, Exception) and here.rank == 0:
-                self._record_error(run_dir, err)
-            raise
+        if self.launcher is not None and local:
+            watch_launcher(self.launcher, lambda: self._launcher_gone(out, here.rank))
+        # every rank claims the fold: a task of another submission touches nothing
+        with FoldLock.take(out, str(job.job_id), job.name()):
+            try:
+                fold_fn = resolve_fold_fn(cfg.launch.fold_fn)
+                with StopOnWarning(fold_fn) as warning:
+                    result = fold_fn(cfg, self.fold, run_dir)
+                if isinstance(result, dict) and result.get("status") == "stopped":
+                    # stopped by the signal, or by its own budget (train.stop_after_minutes):
+                    # submitit's handler calls checkpoint(), requeues this array element and exits
+                    warning.requeue()
+                if here.rank == 0 and (out / METRICS_FILE).is_file():
+                    (out / ERROR_FILE).unlink(missing_ok=True)  # an earlier try's
+                return result
+            except BaseException as err:
+                # SystemExit/KeyboardInterrupt come from submitit's requeue and scancel: not
+                # failures
+                if isinstance(err, Exception) and here.rank == 0:
+                    self._record_error(run_dir, err)
+                raise
+
+    def _launcher_gone(self, out: Path, rank: int) -> None:
+        """The watchdog's action: error.txt (rank 0, unless the fold finished), then SIGKILL."""
+        pid = self.launcher.pid if self.launcher is not None else "?"
+        log.error("fold %d: its launcher (pid %s) ended; this rank stops now", self.fold, pid)
+        if rank == 0 and not (out / METRICS_FILE).is_file() and not (out / ERROR_FILE).exists():
+            write_text(
+                out / ERROR_FILE,
+                f"stopped: its launcher (launch/submit.py, pid {pid}) ended, and the local folds "
+                "end with it; the same command again resumes from the last checkpoint\n",
+            )
+        kill_children_and_exit()
 
     def _record_error(self, run_dir: Path, err: Exception) -> None:
-        """run_dir/fold_<k>/error.txt, unless the fold entry wrote its own (it knows more)."""
+        """run_dir/fold_<k>/error.txt, unless the fold entry wrote its own (it knows more), or the
+        fold belongs to another job (FoldBusy: its files are not ours to write)."""
+        if isinstance(err, FoldBusy):
+            return
         path = fold_dir(run_dir, self.fold) / ERROR_FILE
         if path.exists():
             return
@@ -158,4 +300,4 @@ class FoldTask:
         resumes where the last checkpoint left off.
         """
         log.warning("fold %d: requeued; it resumes from its last checkpoint", self.fold)
-        return submitit.helpers.DelayedSubmission(FoldTask(self.run_dir, self.fold))
+        return submitit.helpers.DelayedSubmission(FoldTask(self.run_dir, self.fold, self.launcher))

@@ -1,7 +1,14 @@
 """The image branch: any timm architecture as a feature extractor, then a linear projection giving P.
 
-    features = timm.create_model(arch, num_classes=0)(image)    (B, num_features)
+    x        = image * scale + shift                             the batch (ImageNet-normalised, the
+                                                                 loader's) in the backbone's own units
+    features = timm.create_model(arch, num_classes=0)(x)        (B, num_features)
     P        = Linear(features)                                  (B, out), or features when out is null
+
+The backbone's own units: the mean/std of its timm data config (``backbone_stats``: the model's
+pretrained_cfg, e.g. CLIP's or Inception's (0.5, 0.5, 0.5)), ImageNet's only when it has none;
+scale and shift come from hpc_pgo.data.transforms.renormalization (identity, and skipped, for a
+backbone with ImageNet statistics, e.g. lcnet_050, resnet18, t2t_vit_*).
 
 Weights come only from a local file (model.image.pretrained): timm loads it through its
 pretrained-cfg file override (torch.load with weights_only=True, the classifier dropped, the
@@ -16,14 +23,16 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import resolve_data_config
 from timm.models import get_pretrained_cfg_value
 from torch import nn
 
 import hpc_pgo.models.t2t_vit  # noqa: F401  (registers t2t_vit_* in timm)
+from hpc_pgo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, renormalization
 from hpc_pgo.errors import PgoError
 from hpc_pgo.models.weights import one_line, read_state_dict
 
-__all__ = ["ImageEncoder", "create_backbone", "similar_timm_names"]
+__all__ = ["ImageEncoder", "backbone_stats", "create_backbone", "similar_timm_names"]
 
 
 def similar_timm_names(arch: str, n: int = 8) -> list[str]:
@@ -88,8 +97,33 @@ def create_backbone(
     return model
 
 
+def backbone_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel, in [0, 1] pixel units, that the backbone's weights expect.
+
+    timm's data config of the model (``timm.data.resolve_data_config``, which reads the model's
+    pretrained_cfg); ImageNet's (IMAGENET_MEAN, IMAGENET_STD) when the model has none. A
+    one-value statistic applies to the three channels.
+    """
+    data = resolve_data_config({}, model=model)
+    mean, std = data.get("mean") or IMAGENET_MEAN, data.get("std") or IMAGENET_STD
+    stats = []
+    for name, values in (("mean", mean), ("std", std)):
+        values = tuple(float(v) for v in values)
+        values = values * 3 if len(values) == 1 else values
+        if len(values) != 3 or (name == "std" and min(values) <= 0):
+            raise PgoError(
+                f"{type(model).__name__}: pretrained_cfg {name} {values} is not valid; valid: "
+                f"3 channel values{' > 0' if name == 'std' else ''} (RGB)"
+            )
+        stats.append(values)
+    return stats[0], stats[1]
+
+
 class ImageEncoder(nn.Module):
-    """image (B, 3, H, W) float, normalised as the backbone expects -> P (B, out_dim)."""
+    """image (B, 3, H, W) float, ImageNet-normalised (the loader's batches) -> P (B, out_dim).
+
+    The backbone sees the image in its own statistics (``backbone_stats``; module text).
+    """
 
     def __init__(self, cfg: Mapping, image_size: int | None):
         super().__init__()
@@ -105,6 +139,13 @@ class ImageEncoder(nn.Module):
         out = cfg["out"]
         self.proj = nn.Linear(width, out) if out is not None else nn.Identity()
         self.out_dim = out if out is not None else width
+        self.mean, self.std = backbone_stats(self.backbone)
+        self.renormalize = (self.mean, self.std) != (IMAGENET_MEAN, IMAGENET_STD)
+        scale, shift = renormalization((IMAGENET_MEAN, IMAGENET_STD), (self.mean, self.std))
+        # Not persistent: derived from the architecture, so state dicts and checkpoints keep
+        # exactly the learned tensors (and load across versions); moved and cast with the model.
+        self.register_buffer("input_scale", scale.view(3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.view(3, 1, 1), persistent=False)
 
     @property
     def fields(self) -> dict[str, str]:
@@ -112,4 +153,7 @@ class ImageEncoder(nn.Module):
         return {self.field: "model.image.field"}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.proj(self.backbone(batch[self.field]))
+        image = batch[self.field]
+        if self.renormalize:
+            image = torch.addcmul(self.input_shift, image, self.input_scale)
+        return self.proj(self.backbone(image))

@@ -25,8 +25,8 @@ any other key is refused):
         field: image              batch key of the images
 
 The batch the model reads: one float32 tensor per field, (B, n_features) for omics groups and the
-embedding, (B, 3, H, W) for images, normalised as the image backbone expects
-(timm.data.resolve_model_data_config(model.image.backbone)).
+embedding, (B, 3, H, W) for images, ImageNet-normalised as the loader serves them (the image
+branch maps them to its backbone's own mean/std: hpc_pgo.models.image.backbone_stats).
 feature_dims gives the width of every omics/embedding field the shard set holds (e.g. from the
 manifest's groups, {"cnv": 80, "mut": 4, "rna": 240, "rna_emb": 512}).
 """

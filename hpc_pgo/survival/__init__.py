@@ -7,7 +7,9 @@ Conventions: theta = log hazard (higher = worse); time >= 0; event 1 = death obs
 - ``concordance``: ``concordance`` (Harrell's C by lifelines; the sign flip lives there).
 - ``protocol``: ``read_predictions``, ``patient_hazards``, ``fold_cindex``,
   ``summarize_cindex``, ``summarize_folds``.
-- ``km``: ``km_split``, ``plot_km`` (import ``hpc_pgo.survival.km``; it loads matplotlib).
+- ``paired``: ``paired_difference`` (two configurations on the same splits, fold by fold).
+- ``km``: ``km_split``, ``risk_groups`` (folds -> one group per unique patient), ``logrank_p``,
+  ``plot_km`` (import ``hpc_pgo.survival.km``; it loads matplotlib).
 """
 
 from hpc_pgo.survival.concordance import concordance

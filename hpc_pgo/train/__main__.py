@@ -3,8 +3,11 @@
 Runs as a plain process (one rank) or under torchrun (`torchrun --nproc_per_node 2 -m
 hpc_pgo.train RUN_DIR/config.yaml --fold 3`): every rank calls the same ``train_fold``. The
 config is a saved, resolved config (hpc_pgo.config.save_config; `launch/submit.py` writes one
-per run); RUN_DIR defaults to the folder holding it. Rank 0 prints the fold's metrics as one
-JSON line. Bad input prints `error: <one line>` to stderr and exits 2.
+per run), or a hand-written one: either way it goes through compose()'s checks and derived keys
+first (``finish_loaded``: a null balance.mode becomes rho or none as at submit, a bad value is
+refused), so this entry trains what `launch/submit.py` would. RUN_DIR defaults to the folder
+holding it. Rank 0 prints the fold's metrics as one JSON line. Bad input prints
+`error: <one line>` to stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -51,10 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from hpc_pgo.config import load_config
+    from hpc_pgo.config.compose import finish_loaded
     from hpc_pgo.train.fold import train_fold
 
     try:
-        cfg = load_config(args.config)
+        cfg = finish_loaded(load_config(args.config), args.config)
         run_dir = args.run_dir or (args.config if args.config.is_dir() else args.config.parent)
         if args.force:
             cfg.force = True

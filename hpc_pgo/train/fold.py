@@ -6,17 +6,22 @@ process); it knows nothing of Slurm. What it writes, in ``RUN_DIR/fold_<k>/``:
 
     config.yaml        the resolved config the fold trains (compared on resume)
     standardizer.json  omics z-score statistics of the fold's train patients (rank 0 fits them)
-    modulation.csv     one row per optimizer step: step, epoch, rho_g, rho_p, k_g, k_p, loss
-                       (rho NaN without per-modality theta; k = 1 outside the balance window)
+    modulation.csv     one row per optimizer step: step, epoch, rho_g, rho_p, k_g, k_p, loss,
+                       cindex_g, cindex_p (Harrell's C of each branch part on the step's global
+                       batch); rho and cindex_* NaN without per-modality theta, k = 1 outside the
+                       balance window
     tensorboard/       the same scalars (and lr per group) for TensorBoard, rank 0
     checkpoints/       DeepSpeed checkpoints (Engine.save: atomic, ``latest`` names the last
                        complete one), every train.checkpoint_every epochs, every
                        train.steps_per_checkpoint steps when set, when a budget runs out, at the end;
                        only the newest is kept
     predictions.csv    patient, unit, hazard (theta, log hazard, higher = worse), time, event: one
-                       row per test unit, from the FINAL model (no model selection on the test split)
-    metrics.json       fold C-index (patients' mean hazard, Harrell), loss per epoch, wall time,
-                       config_digest; written LAST: its presence marks the fold complete
+                       row per test unit, from the FINAL model (no model selection on the test split);
+                       with a concat head on both modalities also hazard_genomic, hazard_image:
+                       the branch parts theta^G, theta^P (hazard = their sum)
+    metrics.json       fold C-index (patients' mean hazard, Harrell) and, with the branch parts,
+                       cindex_genomic / cindex_image (each part scored alone, same protocol); loss
+                       per epoch, wall time, config_digest; written LAST: it marks the fold complete
     error.txt          on a failure inside training (NaN loss, bad input): one line, then details
 
 The loop, per epoch e: ``make_loader(split="train", epoch=e, rank, world_size)`` (the stream is
@@ -52,6 +57,7 @@ from hpc_pgo.atomic import write_text
 from hpc_pgo.config import EXECUTION_KEYS, config_digest, load_config, save_config
 from hpc_pgo.engine.distributed import any_rank
 from hpc_pgo.errors import PgoError
+from hpc_pgo.hold import Hold
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,12 @@ STANDARDIZER = "standardizer.json"
 ERROR = "error.txt"
 TENSORBOARD = "tensorboard"
 FOLD_CONFIG = "config.yaml"
-MODULATION_COLUMNS = ("step", "epoch", "rho_g", "rho_p", "k_g", "k_p", "loss")
+MODULATION_COLUMNS = (
+    "step", "epoch", "rho_g", "rho_p", "k_g", "k_p", "loss", "cindex_g", "cindex_p",
+)  # fmt: skip
+# predictions.csv columns beyond the five of hpc_pgo.survival.protocol, written when the head
+# splits additively (concat, both modalities): each branch's part theta^m = W^m m + b/2 per unit
+BRANCH_COLUMNS = {"hazard_genomic": "theta_g", "hazard_image": "theta_p"}
 # EXECUTION_KEYS include the budgets (train.stop_after_*, steps_per_checkpoint): they decide how
 # far one call goes, not what the fold computes, so a run may resume with other values.
 RESUME_EXCLUDE = EXECUTION_KEYS
@@ -180,13 +191,22 @@ def _truncate_modulation(path: Path, last_step: int) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def loss_per_epoch(path: Path) -> list[float]:
-    """Mean training loss of each epoch, from modulation.csv."""
-    sums: dict[int, list[float]] = {}
+def per_epoch_mean(path: Path, column: str = "loss") -> list[float | None]:
+    """Mean of one modulation.csv column per epoch (NaN steps left out; None for an epoch with
+    no finite value)."""
+    values: dict[int, list[float]] = {}
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            sums.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
-    return [sum(v) / len(v) for _, v in sorted(sums.items())]
+            value = float(row.get(column) or "nan")
+            values.setdefault(int(row["epoch"]), [])
+            if math.isfinite(value):
+                values[int(row["epoch"])].append(value)
+    return [sum(v) / len(v) if v else None for _, v in sorted(values.items())]
+
+
+def loss_per_epoch(path: Path) -> list[float]:
+    """Mean training loss of each epoch, from modulation.csv."""
+    return per_epoch_mean(path, "loss")
 
 
 # --------------------------------------------------------------------------- the fold
@@ -416,6 +436,7 @@ def _train_fold(
     fold_log = FoldLog(out, enabled=env.is_main, first_step=engine.global_step if resuming else 0)
     bar = _progress(env.is_main, epochs * steps_per_epoch, engine.global_step, fold)
     steps_here = 0
+    hold = Hold.from_env("fold", rank=rank)  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
     try:
         while epoch < epochs:
             for b, batch in enumerate(loader("train", epoch, micro)):
@@ -431,13 +452,17 @@ def _train_fold(
                 over = (budget_steps is not None and steps_here >= budget_steps) or (
                     budget_s is not None and time.monotonic() - started >= budget_s
                 )
-                stop = any_rank(over or _stop_requested)
                 last_of_epoch = at[1] == 0
                 periodic = (
                     last_of_epoch
                     and ((epoch + 1) % int(cfg.train.checkpoint_every) == 0 or at[0] == epochs)
                 ) or (every_steps is not None and engine.global_step % int(every_steps) == 0)
-                if periodic or stop:
+                if periodic:
+                    save(*at)
+                if hold is not None:  # tests only: step k done and saved, its stop check to come
+                    hold.at(engine.global_step, lambda: _stop_requested)
+                stop = any_rank(over or _stop_requested)
+                if stop and not periodic:
                     save(*at)
                 if stop and at[0] < epochs:
                     _clear_stop_request()
@@ -494,16 +519,18 @@ def _predict(engine, loader, fold: int) -> list[dict]:
     for batch in loader("test", 0, _TEST_BATCH):
         if not batch["key"]:
             continue
-        theta = engine.eval_theta(batch).cpu().double().tolist()
+        outputs = {k: v.cpu().double().tolist() for k, v in engine.eval_outputs(batch).items()}
         for i, key in enumerate(batch["key"]):
             patient = batch["patient"][i]
             unit = key[len(patient) + 2 :] if key.startswith(patient + "__") else key
-            rows.append(
-                {
-                    "patient": patient, "unit": unit, "hazard": theta[i],
-                    "time": float(batch["time"][i]), "event": int(batch["event"][i]),
-                }
-            )  # fmt: skip
+            row = {
+                "patient": patient, "unit": unit, "hazard": outputs["theta"][i],
+                "time": float(batch["time"][i]), "event": int(batch["event"][i]),
+            }  # fmt: skip
+            for column, key_out in BRANCH_COLUMNS.items():
+                if key_out in outputs:
+                    row[column] = outputs[key_out][i]
+            rows.append(row)
     if dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, rows)
@@ -519,15 +546,30 @@ def _finish(
 
     from hpc_pgo.survival import fold_cindex, validate_predictions
 
-    frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event"])
+    branches = [c for c in BRANCH_COLUMNS if rows and c in rows[0]]
+    frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event", *branches])
     validate_predictions(frame, where=f"fold {fold} predictions")
     write_text(out / PREDICTIONS, frame.to_csv(index=False, float_format="%.10g"))
     cindex = fold_cindex(frame)
+    # each branch's own part of the head (theta^G, theta^P of Eq. 1) scored alone, by the same
+    # protocol: the direct view of whether one modality dominates and the other is under-trained
+    branch_cindex = {
+        f"cindex_{column.removeprefix('hazard_')}": fold_cindex(
+            frame.assign(hazard=frame[column]), where=f"fold {fold} {column}"
+        )
+        for column in branches
+    }
+    if branches:  # the training-batch C-index of each part, per epoch (who learns when)
+        branch_cindex["train_cindex_per_epoch"] = {
+            name: per_epoch_mean(out / MODULATION, column)
+            for name, column in (("genomic", "cindex_g"), ("image", "cindex_p"))
+        }
     losses = loss_per_epoch(out / MODULATION)
     metrics = {
         "fold": fold,
         "status": "complete",
         "cindex": cindex,
+        **branch_cindex,
         "n_test_patients": int(frame["patient"].nunique()),
         "n_test_units": len(frame),
         "n_test_events": int(frame.groupby("patient")["event"].first().sum()),

@@ -45,6 +45,7 @@ from torch import nn
 
 from hpc_pgo import atomic
 from hpc_pgo.errors import PgoError
+from hpc_pgo.hold import Hold
 from hpc_pgo.models.genomic import MLP
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,8 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     labels = torch.from_numpy(cells.labels)
     seed, rank, mix = int(cfg.seed), dist_env.rank, bool(cfg.mix.enabled)
     ds_engine.train()
-    signalled = False
+    signalled = periodic = False
+    hold = Hold.from_env("pretrain", rank=rank)  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
     while ds_engine.global_steps < stop_at and not signalled:
         step = ds_engine.global_steps
         i, j, lam = draw_pairs(len(cells), micro, seed=seed, step=step, rank=rank, mix=mix)
@@ -352,14 +354,17 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         losses.append(_global_mean(loss.detach(), dist_env.world_size))
         if dist_env.is_main and (step + 1) % int(cfg.train.log_every) == 0:
             log.info("step %d/%d loss %.4f", step + 1, total, losses[-1])
-        signalled = any_rank(_stop_requested) and ds_engine.global_steps < stop_at
-        if (
+        periodic = (
             ds_engine.global_steps % int(cfg.train.checkpoint_every) == 0
             and ds_engine.global_steps < stop_at
-            and not signalled
-        ):
+        )
+        if periodic:
             save_checkpoint(ds_engine, ckpt_dir, {"losses": losses}, is_main=dist_env.is_main)
-    save_checkpoint(ds_engine, ckpt_dir, {"losses": losses}, is_main=dist_env.is_main)
+        if hold is not None:  # tests only: step k done and saved, its stop check to come
+            hold.at(ds_engine.global_steps, lambda: _stop_requested)
+        signalled = any_rank(_stop_requested) and ds_engine.global_steps < stop_at
+    if not (signalled and periodic):  # a signal at a checkpoint step: that checkpoint is the last
+        save_checkpoint(ds_engine, ckpt_dir, {"losses": losses}, is_main=dist_env.is_main)
     _stop_requested = False
     done = ds_engine.global_steps >= total
     if signalled:

@@ -188,6 +188,21 @@ def test_deepspeed_choice_sets_zero_stage_and_no_clipping(stage):
     assert cfg.deepspeed.dtype == "fp32"
 
 
+def test_deepspeed_dtype_auto_is_accepted_as_the_engine_documents():
+    # auto stays auto in the config: the fold's device decides (hpc_pgo.engine.deepspeed_config)
+    assert compose(["deepspeed.dtype=auto"]).deepspeed.dtype == "auto"
+    assert compose(["deepspeed=zero2", "deepspeed.dtype=auto"]).deepspeed.dtype == "auto"
+
+
+def test_a_balance_that_turns_on_or_no_balance_is_accepted():
+    assert compose(["balance.start_epoch=29"]).balance.start_epoch == 29  # the last epoch
+    assert compose(["balance.start_epoch=3", "balance.end_epoch=4"]).balance.end_epoch == 4
+    # no balancing asked for: alpha and the window do not matter
+    assert compose(["balance.mode=none", "balance.alpha=0"]).balance.alpha == 0
+    assert compose(["balance.mode=none", "balance.start_epoch=99"]).balance.mode == "none"
+    assert compose(["model=genomic", "balance.alpha=0"]).balance.mode == "none"  # derived
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 
@@ -203,7 +218,7 @@ def test_deepspeed_choice_sets_zero_stage_and_no_clipping(stage):
         (["train={lrr: 1}"], "unknown config key 'train.lrr'"),
         (["model.image.arc=resnet18"], "did you mean 'model.image.arch'?"),
         (["train.zzz=1"], "valid keys under 'train': batch_size, checkpoint_every, epochs,"),
-        (["zzz=1"], "valid keys at the top level: balance, cluster, data,"),
+        (["zzz=1"], "valid keys at the top level: balance, cluster, coxph, data,"),
         (["train.lr.x=1"], "'train.lr' is a value, not a section of keys"),
         (["cluster=local", "cluster.sbatch.x=1"], "unknown config key 'cluster.sbatch.x'"),
         (
@@ -255,12 +270,15 @@ def test_wrong_type_names_key_and_expected_type(token, expected):
         (["model.genomic.rna_encoder=gpt"], "valid: snn, scgpt, scgpt_mlpa"),
         (["train.lr_schedule=step"], "valid: linear, cosine"),
         (["balance.mode=ogm"], "valid: none, rho"),
-        (["deepspeed.dtype=fp16"], "valid: fp32, bf16"),
+        (["deepspeed.dtype=fp16"], "deepspeed.dtype=fp16 is not valid; valid: fp32, bf16, auto"),
         (["deepspeed.zero_optimization.stage=3"], "valid: 0, 1, 2"),
         (["train.batch_size=0"], "train.batch_size=0 is not valid; valid: a number >= 1"),
         (["train.lr=0"], "valid: a number > 0"),
         (["name=a/b"], "name='a/b' is not valid"),
         (["balance.start_epoch=5", "balance.end_epoch=2"], "balance.end_epoch=2 is before"),
+        (["balance.start_epoch=3", "balance.end_epoch=3"], "balance.end_epoch=3 equals balance"),
+        (["balance.alpha=0"], "balance.alpha=0 with balance.mode=rho (model=fusion) never"),
+        (["balance.start_epoch=30"], "balance.start_epoch=30 with train.epochs=30: balance.mode"),
         (["cluster.nodes=2"], "cluster.nodes=2 with cluster=local; valid: 1"),
         (["cluster.tasks_per_node=5"], "train.batch_size=32 does not split over 5 ranks per fold"),
         (["deepspeed.train_micro_batch_size_per_gpu=4"], "it is derived"),

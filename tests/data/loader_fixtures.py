@@ -19,6 +19,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from hpc_pgo.data.shards import write_manifest
+
 
 @dataclass
 class ShardSet:
@@ -150,7 +152,7 @@ def write_shard_set(
         "missing": missing,
         "spec": {},
     }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_manifest(root, manifest)  # as the build writes it: sealed with its digest
     return ShardSet(root=root, manifest=manifest, omics=omics, keys=keys, images=images)
 
 

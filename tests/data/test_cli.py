@@ -341,26 +341,35 @@ def test_python_m_entry_point(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.slow  # a fresh interpreter (torch import) and a build long enough to interrupt
+@pytest.mark.slow  # a fresh interpreter (torch import)
 def test_sigterm_during_a_build_leaves_nothing(tmp_path: Path) -> None:
+    import os
     import signal
-    import time
 
-    cohort = write_pathomic(
-        tmp_path / "pf", n_patients=30, rois=2, size=256, tile={"size": 32, "stride": 8}
-    )  # 729 tiles a ROI
-    out = tmp_path / "out"
+    from hpc_pgo import hold
+    from hpc_pgo.data.shards import SHARD_GLOB
+
+    cohort = write_pathomic(tmp_path / "pf", n_patients=6, rois=2)
+    out, held = tmp_path / "out", tmp_path / "held"
+    # the build holds once the first patient is in the staged shard set (hpc_pgo.hold)
+    env = {**os.environ, hold.ENV: hold.spec("build", 1, held)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpc_pgo.data", *_pathomic_args(cohort, out, "--workers", "2")],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
-    deadline = time.monotonic() + 120
-    while not leftovers(tmp_path, "out") and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert leftovers(tmp_path, "out"), "the build never started writing"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stderr.read()
+    try:
+        hold.wait_held(held, timeout_s=120, running=lambda: proc.poll() is None)
+        # it has written something and cannot have finished: one staged directory, a shard open
+        (staged,) = leftovers(tmp_path, "out")
+        assert staged.startswith(".out.tmp-") and list((tmp_path / staged).glob(SHARD_GLOB))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not hold.released_marker(held).exists()  # it ended while held
     assert leftovers(tmp_path, "out") == []

@@ -169,6 +169,22 @@ def test_deepspeed_config_accepts_the_projects_zero_yaml_files():
         assert conf["train_micro_batch_size_per_gpu"] == 16 and conf["bf16"]["enabled"] is False
 
 
+def test_config_rules_accept_every_dtype_the_engine_documents_and_auto_resolves_by_device():
+    from omegaconf import OmegaConf
+
+    from hpc_pgo.config import compose
+    from hpc_pgo.config.rules import CHOICES
+    from hpc_pgo.engine.engine import _DTYPES
+
+    assert set(CHOICES["deepspeed.dtype"]) == set(_DTYPES)  # the two lists cannot drift apart
+    group = OmegaConf.to_container(compose(["deepspeed.dtype=auto"]).deepspeed, resolve=True)
+    on = {
+        device: deepspeed_config(group, batch_size=32, world_size=1, device_type=device)["bf16"]
+        for device in ("cpu", "cuda")
+    }
+    assert on == {"cpu": {"enabled": False}, "cuda": {"enabled": True}}
+
+
 @pytest.mark.parametrize(
     "group, match",
     [

@@ -180,16 +180,36 @@ def job_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
-def release_when_requeued(job_id: str, deadline: float) -> None:
-    """Wait until the job is requeued (pending on its BeginTime), then make it eligible now."""
+def wait_until_requeued(job_id: str, deadline: float) -> None:
+    """Wait until the job is requeued (pending on its BeginTime, one restart): its first run
+    has ended and nothing of it runs until it is released (release_when_requeued)."""
     while True:
         shown = subprocess.run(
             ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30
         ).stdout
         if "Restarts=1" in shown and "JobState=PENDING" in shown:
-            subprocess.run(
-                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
-            )
             return
         assert time.monotonic() < deadline, f"job {job_id} was not requeued: {shown}"
         time.sleep(0.2)
+
+
+def release_when_requeued(job_id: str, deadline: float) -> None:
+    """Wait until the job is requeued, then make it eligible now (Slurm holds a requeued job
+    for ~2 min otherwise)."""
+    wait_until_requeued(job_id, deadline)
+    subprocess.run(
+        ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
+    )
+
+
+def slurm_job_alive(job_id: str) -> Callable[[], bool]:
+    """A check for hpc_pgo.hold.wait_held: True while squeue lists the job (pending, running
+    or completing), so that waiting for a hold fails as soon as the job has ended instead."""
+
+    def alive() -> bool:
+        listed = _run(["squeue", "-h", "-j", job_id, "-o", "%i"])
+        if listed.returncode != 0:  # a job slurmctld forgot, or squeue failed once: ask again
+            return "Invalid job id" not in listed.stderr
+        return bool(listed.stdout.strip())
+
+    return alive

@@ -2,8 +2,9 @@
 
 (a) the 15 folds of a tiny config on the demo cohort as ONE array; the report job (afterany)
     writes summary.json with 15 folds;
-(b) a fold sent submitit's warning signal mid-training checkpoints, requeues itself and resumes;
-    its predictions equal those of the uninterrupted run of (a);
+(b) a fold sent submitit's warning signal while held after step 4 (hpc_pgo.hold) stops there with
+    a checkpoint, requeues itself and resumes; its predictions equal those of the uninterrupted
+    run of (a);
 (c) one fold made to fail is reported with its error while the other finishes;
 (d) one fold on 2 nodes x 1 task trains as 2 DeepSpeed ranks and equals the 1-rank fold to 1e-5.
 The local executor path (e) is in test_submit_cli.py.
@@ -23,8 +24,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpc_pgo import hold
 from hpc_pgo.launch.submission import Submission, submit, wait
-from tests.launch.conftest import _results_within, _scancel, release_when_requeued, tiny_args
+from tests.launch.conftest import (
+    _results_within,
+    _scancel,
+    release_when_requeued,
+    slurm_job_alive,
+    tiny_args,
+    wait_until_requeued,
+)
 from tests.launch.test_dev_cluster import _final_states
 
 if TYPE_CHECKING:
@@ -107,32 +116,40 @@ def _modulation_rows(fold_out: Path) -> int:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_b_fold_signalled_mid_training_requeues_and_resumes_to_the_same_predictions(
-    reference, demo_shards: Path, tmp_path: Path
+    reference, demo_shards: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    fold = 3
+    fold, held = 3, tmp_path / "held"
+    # the fold holds after step 4 of 14 (a checkpoint step) until signalled (hpc_pgo.hold);
+    # sbatch passes the variable to the job, and the requeued job keeps it
+    monkeypatch.setenv(hold.ENV, hold.spec("fold", 4, held))
     sub = submit(tiny_args(demo_shards, tmp_path / "run", "cluster=slurm_cpu", f"folds={fold}"))
     (job_id,) = sub.array.job_ids()
     out = sub.run_dir / f"fold_{fold}"
     deadline = time.monotonic() + FOLD_GUARD_S
-    while _modulation_rows(out) < 5:  # mid-training: after the checkpoint of step 4, of 14
-        assert time.monotonic() < deadline, "the fold never reached step 5"
-        assert not (out / "metrics.json").exists(), "the fold finished before it could be signalled"
-        time.sleep(0.05)
-    # submitit's warning signal, as Slurm sends it signal_delay_s before the time limit
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
-    # Slurm holds a requeued job for ~2 min (Reason=BeginTime); release it at once
-    release_when_requeued(job_id, deadline)
+    try:
+        hold.wait_held(held, timeout_s=FOLD_GUARD_S, running=slurm_job_alive(job_id))
+        # submitit's warning signal, as Slurm sends it signal_delay_s before the time limit
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        wait_until_requeued(job_id, deadline)
+        # the first run has ended and the second waits: it stopped at the held step exactly
+        assert json.loads(hold.released_marker(held).read_text())["by"] == "stop"
+        assert (out / "checkpoints" / "latest").read_text() == "step00000004"
+        assert _modulation_rows(out) == 4 and not (out / "metrics.json").exists()
+        # Slurm holds a requeued job for ~2 min (Reason=BeginTime); release it at once
+        release_when_requeued(job_id, deadline)
 
-    counts = wait_or_cancel(sub, FOLD_GUARD_S)
+        counts = wait_or_cancel(sub, FOLD_GUARD_S)
+    except BaseException:
+        _scancel([job_id])  # nothing left held on the shared cluster
+        raise
 
     assert counts == {"done": 1, "failed": 0}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["calls"] == 2  # stopped once, resumed once
     log = sub.array.jobs[0].stderr() or ""
-    assert "resumes from its last checkpoint" in log or "requeue" in log.lower()
-    # the fold resumed: modulation.csv has each of the 14 steps once
-    steps = pd.read_csv(out / "modulation.csv")["step"].tolist()
-    assert steps == sorted(set(steps)) and len(steps) == 14
+    assert f"fold {fold}: requeued; it resumes from its last checkpoint" in log
+    # resumed after step 4: modulation.csv has each of the 14 steps once
+    assert pd.read_csv(out / "modulation.csv")["step"].tolist() == list(range(1, 15))
     got, want = predictions(sub.run_dir, fold), predictions(reference.run_dir, fold)
     assert got[["patient", "unit"]].equals(want[["patient", "unit"]])
     np.testing.assert_allclose(got["hazard"], want["hazard"], rtol=0, atol=1e-6)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -133,12 +135,13 @@ def test_finished_folds_are_skipped_unless_forced(tmp_path):
 
 def test_table3_sweep_lists_the_six_configurations_of_the_paper():
     sweep = load_sweep("table3")
-    assert [r.labels["Exp."] for r in sweep.runs] == [1, 2, 3, 4, 5, 6]
+    assert [r.labels["Exp."] for r in sweep.runs] == [1, 2, 3, 4, 5, 6, "CoxPH"]
+    assert sweep.reference == "exp1-snn-concat"
     runs = compose_sweep(sweep, ["folds=0-14", "train.lr=0.001"])
     assert [r.name for r, _ in runs] == [r.name for r in sweep.runs]
     got = [
         (c.model.genomic.rna_encoder, c.model.fusion, c.balance.mode, c.train.lr, len(c.folds))
-        for _, c in runs
+        for _, c in runs[:6]
     ]
     assert got == [
         ("snn", "concat", "none", 0.001, 15),
@@ -148,6 +151,8 @@ def test_table3_sweep_lists_the_six_configurations_of_the_paper():
         ("scgpt_mlpa", "kronecker", "none", 0.001, 15),
         ("scgpt_mlpa", "concat", "rho", 0.001, 15),
     ]
+    assert {c.launch.fold_fn for _, c in runs[:6]} == {"hpc_pgo.train.fold.train_fold"}
+    assert runs[6][1].launch.fold_fn == "hpc_pgo.train.coxph.coxph_fold"
     with pytest.raises(PgoError, match="unknown sweep 'table9'.*valid: .*table3"):
         load_sweep("table9")
 
@@ -155,8 +160,12 @@ def test_table3_sweep_lists_the_six_configurations_of_the_paper():
 # --- the report ----------------------------------------------------------------------------
 
 
-def write_fold(run_dir, fold: int, n_patients: int = 12, seed: int = 0) -> pd.DataFrame:
-    """A fold's predictions.csv in the documented format: 2 units per patient, hazards noisy."""
+def write_fold(
+    run_dir, fold: int, n_patients: int = 12, seed: int = 0, branches: bool = False
+) -> pd.DataFrame:
+    """A fold's predictions.csv in the documented format: 2 units per patient, hazards noisy;
+    with branches, also hazard_genomic + hazard_image = hazard (the genomic part informative,
+    the image part noise)."""
     rng = np.random.default_rng(seed + fold)
     patients = [f"P{fold:02d}-{i:03d}" for i in range(n_patients)]
     time = rng.uniform(1, 100, n_patients)
@@ -176,6 +185,9 @@ def write_fold(run_dir, fold: int, n_patients: int = 12, seed: int = 0) -> pd.Da
     out = run_dir / f"fold_{fold}"
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
+    if branches:
+        image = rng.normal(0, 0.3, len(df))
+        df = df.assign(hazard_genomic=df["hazard"] - image, hazard_image=image)
     df.to_csv(out / "predictions.csv", index=False)
     return df
 
@@ -263,7 +275,7 @@ def test_sweep_report_prints_the_configurations_side_by_side(tmp_path):
 
     text = report(tmp_path)
 
-    lines = [line for line in text.splitlines() if line.startswith("| exp")]
+    lines = [line for line in text.splitlines() if line.startswith(("| exp", "| coxph"))]
     assert [line.split("|")[1].strip() for line in lines] == [r.name for r in sweep.runs]
     assert "| 1 | SNN | Concat |" in lines[0] and "| 5 | scGPT w/ smooth | Kro. Prod. |" in lines[4]
     table = json.loads((tmp_path / "sweep_summary.json").read_text())
@@ -271,3 +283,77 @@ def test_sweep_report_prints_the_configurations_side_by_side(tmp_path):
     mean = table["runs"]["exp1-snn-concat"]["c_index"]["mean"]
     assert f"{mean:.3f} ± " in lines[0]
     assert OmegaConf.create(table).runs  # JSON (no NaN tokens)
+
+
+def test_sweep_report_pairs_every_entry_with_the_reference_fold_by_fold(tmp_path):
+    from hpc_pgo.survival.paired import paired_difference
+
+    sweep = {
+        "name": "pairs", "title": "pairs", "columns": [], "reference": "base",
+        "runs": [{"name": n, "labels": {}, "overrides": []} for n in ("base", "better", "part")],
+    }  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    for k in range(6):
+        write_fold(tmp_path / "base", k, seed=0, branches=True)
+        # the same patients and noise as base, a little more signal: better on each fold
+        df = write_fold(tmp_path / "better", k, seed=0)
+        df.assign(hazard=df["hazard"] * 1.0 - df["time"] / 200).to_csv(
+            tmp_path / "better" / f"fold_{k}" / "predictions.csv", index=False
+        )
+    for k in (0, 2, 4, 7):  # another fold set: compared on the 3 folds in common
+        write_fold(tmp_path / "part", k, seed=5)
+
+    text = report(tmp_path)
+    result = json.loads((tmp_path / "sweep_summary.json").read_text())
+
+    per_fold = {n: result["runs"][n]["c_index"]["per_fold"] for n in ("base", "better", "part")}
+    as_int = {n: {int(k): v for k, v in f.items()} for n, f in per_fold.items()}
+    for name in ("better", "part"):
+        want = paired_difference(as_int[name], as_int["base"])
+        got = result["paired"][name]
+        assert got["mean"] == pytest.approx(want["mean"]) and got["n"] == want["n"]
+        assert got["ci95"] == pytest.approx(want["ci95"])
+        assert got["wilcoxon_p"] == pytest.approx(want["wilcoxon_p"])
+    assert result["paired"]["part"]["n"] == 3 and result["paired"]["part"]["folds"] == [0, 2, 4]
+    assert "base" not in result["paired"]  # the reference itself
+    # paired, not unpaired: the interval is that of the per-fold differences
+    d = np.array([as_int["better"][k] - as_int["base"][k] for k in range(6)])
+    assert result["paired"]["better"]["ci95"] == pytest.approx(
+        stats_t975(5) * d.std(ddof=1) / np.sqrt(6)
+    )
+    row = next(line for line in text.splitlines() if line.startswith("| better"))
+    better = result["paired"]["better"]
+    assert f"{better['mean']:+.3f}" in row and f"{better['wins']}/6" in row
+    assert "- part: compared on 3 common folds" in text
+    # branch parts: the base run's predictions carry them, scored alone per fold
+    branches = result["runs"]["base"]["branches"]
+    for part in ("genomic", "image"):
+        want = {
+            str(k): fold_cindex(
+                read_predictions(tmp_path / "base" / f"fold_{k}" / "predictions.csv").pipe(
+                    lambda df, p=part: df.assign(hazard=df[f"hazard_{p}"])
+                )
+            )
+            for k in range(6)
+        }
+        assert branches[part]["per_fold"] == pytest.approx(want)
+    assert branches["genomic"]["mean"] > branches["image"]["mean"]  # the informative part
+    assert "note" in result["runs"]["better"]["branches"]
+    base_row = next(line for line in text.splitlines() if line.startswith("| base"))
+    assert f"{branches['image']['mean']:.3f} ± " in base_row and "| reference |" in base_row
+
+
+def stats_t975(df: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def test_a_sweep_reference_must_name_an_entry(tmp_path):
+    configs = tmp_path / "configs"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "configs", configs)
+    (configs / "sweep" / "bad.yaml").write_text(
+        "title: bad\nreference: nope\nruns:\n  - {name: a, overrides: []}\n"
+    )
+    with pytest.raises(PgoError, match=r"reference 'nope' names no entry; valid: one of a"):
+        load_sweep("bad", config_dir=configs)

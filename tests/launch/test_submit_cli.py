@@ -13,12 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from hpc_pgo import hold
 from hpc_pgo.config import compose, load_config, save_config
 from hpc_pgo.launch.report import report
 from hpc_pgo.launch.submission import submit, wait
@@ -84,29 +84,50 @@ def test_e_local_executor_runs_the_folds_waits_and_prints_the_report(
 
 @pytest.mark.slow
 def test_local_fold_signalled_mid_training_resumes_from_its_checkpoint(
-    demo_shards: Path, tmp_path: Path
+    demo_shards: Path, tmp_path: Path, monkeypatch
 ):
+    held = tmp_path / "held"
+    # the fold holds after step 4 (a checkpoint step: every 2) until signalled (hpc_pgo.hold)
+    monkeypatch.setenv(hold.ENV, hold.spec("fold", 4, held))
     sub = submit(tiny_args(demo_shards, tmp_path / "run", "folds=4"))
-    out = sub.run_dir / "fold_4"
-    deadline = time.monotonic() + 180
-    while (
-        not (out / "modulation.csv").is_file()
-        or len((out / "modulation.csv").read_text().splitlines()) < 6
-    ):
-        assert time.monotonic() < deadline and not (out / "metrics.json").exists()
-        time.sleep(0.05)
-    # USR2 to the fold's rank processes: what submitit's local controller sends them
-    # signal_delay_s before its time limit (LocalJob._interrupt would signal the controller)
-    controller = sub.array.jobs[0].job_id
-    for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split():
-        os.kill(int(pid), signal.SIGUSR2)
+    out, job = sub.run_dir / "fold_4", sub.array.jobs[0]
+    try:
+        (marker,) = hold.wait_held(held, timeout_s=180, running=lambda: not job.done())
+        # USR2 to the fold's rank processes: what submitit's local controller sends them
+        # signal_delay_s before its time limit (LocalJob._interrupt would signal the controller)
+        controller = job.job_id
+        ranks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+        assert ranks == [str(marker["pid"])]
+        os.kill(marker["pid"], signal.SIGUSR2)
 
-    assert wait(sub, progress=False, poll_s=0.2, timeout_s=180) == {"done": 1, "failed": 0}
+        assert wait(sub, progress=False, poll_s=0.2, timeout_s=180) == {"done": 1, "failed": 0}
+    finally:
+        hold.release(held)  # a failed test leaves no fold waiting for its hold's timeout
 
+    # the signal reached the fold while it was held after step 4: it stopped there
+    assert json.loads(hold.released_marker(held).read_text())["by"] == "stop"
+    assert "fold 4: requeued; it resumes from its last checkpoint" in (job.stderr() or "")
+    first_call, second_call = _tensorboard_steps(out)[:2]
+    assert (first_call, second_call) == (list(range(1, 5)), list(range(5, 15)))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["calls"] == 2
     steps = pd.read_csv(out / "modulation.csv")["step"].tolist()
-    assert steps == sorted(set(steps)) and len(steps) == 14
+    assert steps == list(range(1, 15))  # resumed after step 4: each of the 14 steps once
+
+
+def _tensorboard_steps(fold_out: Path) -> list[list[int]]:
+    """The train/loss steps of each TensorBoard event file of a fold (one file per call of the
+    fold), the files in the order they were started."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = [
+        list(EventFileLoader(str(f)).Load())
+        for f in (fold_out / "tensorboard").glob("events.out.tfevents.*")
+    ]
+    return [
+        [e.step for e in events if any(v.tag == "train/loss" for v in e.summary.value)]
+        for events in sorted(files, key=lambda events: events[0].wall_time)
+    ]
 
 
 def test_bad_input_is_one_error_line_and_nothing_written(
@@ -168,17 +189,30 @@ def test_sweep_runs_every_configuration_as_one_submission_and_reports_side_by_si
     (configs / "sweep" / "tiny.yaml").write_text(
         "title: tiny sweep\n"
         "columns: [lr]\n"
+        "reference: slow\n"
         "runs:\n"
         "  - {name: slow, labels: {lr: 0.002}, overrides: [train.lr=0.002]}\n"
         "  - {name: fast, labels: {lr: 0.01}, overrides: [train.lr=0.01]}\n"
+        "  - {name: cox, overrides: [launch.fold_fn=hpc_pgo.train.coxph.coxph_fold,"
+        " 'coxph.groups=[cnv,mut]', coxph.pcs=8]}\n"
     )
     run_dir = tmp_path / "run"
     args = tiny_args(demo_shards, run_dir, "sweep=tiny", "folds=2", "train.epochs=1")
 
     sub = submit(args, config_dir=configs)
-    assert len(sub.array.tasks) == 2  # 2 configurations x 1 fold, one submission
-    assert wait(sub, progress=False, poll_s=0.2, timeout_s=240) == {"done": 2, "failed": 0}
+    assert len(sub.array.tasks) == 3  # 3 configurations x 1 fold, one submission
+    assert wait(sub, progress=False, poll_s=0.2, timeout_s=240) == {"done": 3, "failed": 0}
     text = report(run_dir)
+
+    # the CoxPH reference ran as its own array element on the same fold's patients
+    cox = pd.read_csv(run_dir / "cox" / "fold_2" / "predictions.csv")
+    slow = pd.read_csv(run_dir / "slow" / "fold_2" / "predictions.csv")
+    assert sorted(cox["patient"]) == sorted(slow["patient"].unique())
+    result = json.loads((run_dir / "sweep_summary.json").read_text())
+    cox_c = json.loads((run_dir / "cox" / "fold_2" / "metrics.json").read_text())["cindex"]
+    slow_c = json.loads((run_dir / "slow" / "fold_2" / "metrics.json").read_text())["cindex"]
+    assert result["paired"]["cox"]["mean"] == pytest.approx(cox_c - slow_c)
+    assert result["paired"]["cox"]["n"] == 1 and "slow" not in result["paired"]
 
     lrs = {name: load_config(run_dir / name).train.lr for name in ("slow", "fast")}
     assert lrs == {"slow": 0.002, "fast": 0.01}

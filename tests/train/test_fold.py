@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -28,11 +29,22 @@ def test_fold_writes_its_outputs_and_a_complete_fold_is_not_trained_again(small_
     data = open_fold(small_shards, 1)
     preds = read_predictions(out / "predictions.csv")
     assert list(pd.read_csv(out / "predictions.csv").columns) == [
-        "patient", "unit", "hazard", "time", "event",
+        "patient", "unit", "hazard", "time", "event", "hazard_genomic", "hazard_image",
     ]  # fmt: skip
     assert len(preds) == data.units("test") == 24  # every test unit exactly once
     assert set(preds["patient"]) == set(data.test)
     assert metrics["cindex"] == pytest.approx(fold_cindex(preds))
+    # the concat head's parts (Eq. 1): theta = theta^G + theta^P, each part scored alone
+    np.testing.assert_allclose(
+        preds["hazard"], preds["hazard_genomic"] + preds["hazard_image"], rtol=0, atol=1e-6
+    )
+    for part in ("genomic", "image"):
+        alone = fold_cindex(preds.assign(hazard=preds[f"hazard_{part}"]))
+        assert metrics[f"cindex_{part}"] == pytest.approx(alone)
+        per_epoch = metrics["train_cindex_per_epoch"][part]
+        assert len(per_epoch) == 2 and all(c is None or 0 <= c <= 1 for c in per_epoch)
+    assert metrics["cindex_genomic"] != pytest.approx(metrics["cindex_image"])
+    _assert_branch_parts_are_the_heads_blocks(cfg, tmp_path, preds)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["steps"] == 12 and len(metrics["loss_per_epoch"]) == 2
     assert metrics["status"] == "complete" and metrics["wall_time_s"] > 0
@@ -41,6 +53,8 @@ def test_fold_writes_its_outputs_and_a_complete_fold_is_not_trained_again(small_
     assert tuple(log.columns) == MODULATION_COLUMNS
     assert log["step"].tolist() == list(range(1, 13)) and log["epoch"].tolist() == [0] * 6 + [1] * 6
     assert log[["rho_g", "rho_p", "k_g", "k_p"]].notna().all().all()  # concat + rho: logged
+    assert log[["cindex_g", "cindex_p"]].stack().between(0, 1).all()
+    assert log["cindex_g"].notna().sum() >= 10  # NaN only for a batch without a comparable pair
     assert ((log["k_g"] < 1) | (log["k_p"] < 1)).any()  # the dominant modality was slowed
     assert (log["rho_g"] * log["rho_p"]).round(6).eq(1).all()  # rho^P = 1 / rho^G
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -50,6 +64,38 @@ def test_fold_writes_its_outputs_and_a_complete_fold_is_not_trained_again(small_
     before = (out / "modulation.csv").stat().st_mtime_ns
     assert train_fold(cfg, 1, tmp_path) == metrics  # complete: returned, not retrained
     assert (out / "modulation.csv").stat().st_mtime_ns == before
+
+
+def _assert_branch_parts_are_the_heads_blocks(cfg, run_dir, preds: pd.DataFrame) -> None:
+    """hazard_genomic / hazard_image recomputed from the final checkpoint's weights as
+    W^G G + b/2 and W^P P + b/2: a swap of the two columns (or of the blocks) fails here."""
+    from torch.nn import functional as F
+
+    from hpc_pgo.data.loader import Standardizer, make_loader
+    from hpc_pgo.train.fold import _fold_inputs
+
+    out = run_dir / "fold_1"
+    data, model, fields, image_size = _fold_inputs(cfg, 1)
+    tag = (out / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(
+        out / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False
+    )["module"]
+    model.load_state_dict(state)
+    model.eval()
+    loader = make_loader(
+        data.shard_dir, 1, "test", batch_size=64, groups=fields["groups"], image_size=image_size,
+        standardizer=Standardizer.load(out / "standardizer.json"), shuffle_buffer=1,
+    )  # fmt: skip
+    by_unit = preds.set_index(preds["patient"] + "__" + preds["unit"])
+    with torch.no_grad():
+        for batch in loader:
+            features = {m: enc(batch) for m, enc in model.encoders.items()}
+            half_bias = model.fusion.linear.bias / 2
+            for part, column in (("genomic", "hazard_genomic"), ("image", "hazard_image")):
+                block = model.fusion.weight_block(part)
+                want = (F.linear(features[part], block) + half_bias).squeeze(-1)
+                got = by_unit.loc[list(batch["key"]), column].to_numpy()
+                np.testing.assert_allclose(got, want.double().numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

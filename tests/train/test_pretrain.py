@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from hpc_pgo import hold
 from hpc_pgo.errors import PgoError
 from hpc_pgo.train.pretrain import (
     LOSSES,
@@ -216,17 +217,21 @@ def test_bad_checkpoint_folder_and_cells_of_another_vocab_fail_before_training(d
     assert torch.distributed.is_initialized() == group_before  # no process group was started
 
 
-SLURM_STEPS = 300  # long enough to be caught mid-run after the first checkpoint (step 4)
+SLURM_STEPS = 24
+HELD_STEP = 12  # a checkpoint step (train.checkpoint_every=4): both runs are held after it
 SLURM_GUARD_S = 240
 
 
-def _launch(data: dict, run_dir: Path, partition: str) -> subprocess.Popen:
-    """launch/pretrain.py --wait on the dev cluster: 2 nodes x 1 rank, in the background."""
+def _launch(data: dict, run_dir: Path, partition: str, held: Path) -> subprocess.Popen:
+    """launch/pretrain.py --wait on the dev cluster: 2 nodes x 1 rank, in the background; the
+    job holds after step HELD_STEP until released or signalled, its files in `held`
+    (hpc_pgo.hold; sbatch passes the variable on, a requeued job keeps it)."""
     args = [sys.executable, str(REPO / "launch" / "pretrain.py"),
-            *_tokens(data, f"train.steps={SLURM_STEPS}", "train.log_every=50"),
+            *_tokens(data, f"train.steps={SLURM_STEPS}"),
             "cluster=slurm_cpu", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.time=10",
             f"cluster.partition={partition}", f"run_dir={run_dir}", "--wait"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+           hold.ENV: hold.spec("pretrain", HELD_STEP, held)}  # fmt: skip
     return subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -238,21 +243,13 @@ def _job_id(proc: subprocess.Popen) -> str:
     return line.split("submitted pretraining job ")[1].split()[0]
 
 
-def _wait_mid_run(run_dir: Path, deadline: float) -> None:
-    """Until the first checkpoint is on disk; failing if the run ends first."""
-    while not (run_dir / "checkpoints" / "latest").is_file():
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.05)
-    assert not (run_dir / "metrics.json").exists(), "the run ended before it could be stopped"
-
-
 def _job_logs(run_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").rglob("*.err")))
 
 
-def _steps_logged(run_dir: Path, pattern: str) -> set[int]:
-    """The steps in the job logs' lines matching pattern (every rank logs them)."""
-    return {int(m) for m in re.findall(pattern, _job_logs(run_dir))}
+def _steps_logged(run_dir: Path, pattern: str) -> list[int]:
+    """The steps in the job logs' lines matching pattern, one per rank and occurrence."""
+    return sorted(int(m) for m in re.findall(pattern, _job_logs(run_dir)))
 
 
 @pytest.mark.slow
@@ -262,51 +259,72 @@ def test_two_node_pretraining_on_the_dev_cluster_resumes_after_a_kill_and_a_sign
     slurm_cluster,  # noqa: F811
     tmp_path,
 ):
-    from tests.launch.conftest import release_when_requeued
+    from tests.launch.conftest import (
+        _scancel,
+        release_when_requeued,
+        slurm_job_alive,
+        wait_until_requeued,
+    )
 
-    deadline = time.monotonic() + SLURM_GUARD_S
-    # 1. killed mid-run (scancel): the job fails; the same command again resumes from the last
-    #    periodic checkpoint and finishes
+    # 1. killed (scancel) while both ranks are held after step 12 and its checkpoint: the job
+    #    fails; the same command again resumes from that checkpoint and finishes
     killed = tmp_path / "killed"
-    proc = _launch(data, killed, slurm_cluster.partition)
+    proc = _launch(data, killed, slurm_cluster.partition, tmp_path / "held-killed")
     job_id = _job_id(proc)
-    _wait_mid_run(killed, deadline)
-    subprocess.run(["scancel", job_id], check=True, timeout=30)
-    out, err = proc.communicate(timeout=120)
+    try:
+        hold.wait_held(tmp_path / "held-killed", ranks=2, timeout_s=SLURM_GUARD_S,
+                       running=slurm_job_alive(job_id))  # fmt: skip
+        assert (killed / "checkpoints" / "latest").read_text() == f"step{HELD_STEP:08d}"
+        subprocess.run(["scancel", job_id], check=True, timeout=30)
+        out, err = proc.communicate(timeout=120)
+    except BaseException:
+        _scancel([job_id])  # nothing left held on the shared cluster
+        raise
     assert proc.returncode == 1, out + err[-3000:]
     assert f"pretraining job {job_id} failed" in err
     assert not (killed / "mlp_a.pt").exists() and not (killed / "metrics.json").exists()
-    again = _launch(data, killed, slurm_cluster.partition)
+    again = _launch(data, killed, slurm_cluster.partition, tmp_path / "held-killed")
     out, err = again.communicate(timeout=SLURM_GUARD_S)
     assert again.returncode == 0, err[-3000:]
     assert f"pretraining done: step {SLURM_STEPS}" in out
-    (resumed,) = _steps_logged(killed, r"resumed from \S+ at step (\d+)")
-    assert 4 <= resumed < SLURM_STEPS and resumed % 4 == 0
+    # every rank resumed from the held step's checkpoint (and was not held again)
+    assert _steps_logged(killed, r"resumed from \S+ at step (\d+)") == [HELD_STEP] * 2
+    assert not hold.released_marker(tmp_path / "held-killed").exists()
     losses = json.loads((killed / "metrics.json").read_text())["losses"]
     assert len(losses) == SLURM_STEPS
-    assert np.mean(losses[-50:]) < np.mean(losses[:5]) - 0.05, (losses[:5], losses[-50:])
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, (losses[:5], losses[-5:])
     # the job spanned both nodes (one rank each)
     job_id = out.split("submitted pretraining job ")[1].split()[0]
     nodes = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-o", "NNodes,NodeList%40"],
                            capture_output=True, text=True, timeout=30).stdout.split()  # fmt: skip
     assert nodes[:2] == ["2", "node[1-2]"], nodes
 
-    # 2. submitit's warning signal (time limit near, or preemption): every rank checkpoints after
-    #    its current step, the job requeues itself and resumes; one command, no work lost
-    signalled = tmp_path / "signalled"
-    proc = _launch(data, signalled, slurm_cluster.partition)
+    # 2. submitit's warning signal (time limit near, or preemption) while both ranks are held
+    #    after step 12: every rank stops there with a checkpoint, the job requeues itself and
+    #    resumes; one command, no work lost
+    signalled, held = tmp_path / "signalled", tmp_path / "held-signalled"
+    deadline = time.monotonic() + SLURM_GUARD_S
+    proc = _launch(data, signalled, slurm_cluster.partition, held)
     job_id = _job_id(proc)
-    _wait_mid_run(signalled, deadline)
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
-    release_when_requeued(job_id, deadline)  # Slurm holds a requeued job ~2 min otherwise
-    out, err = proc.communicate(timeout=SLURM_GUARD_S)
+    try:
+        hold.wait_held(held, ranks=2, timeout_s=SLURM_GUARD_S, running=slurm_job_alive(job_id))
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        wait_until_requeued(job_id, deadline)
+        # the first run has ended, the requeued one waits: both ranks stopped at the held step
+        for rank in (0, 1):
+            assert json.loads(hold.released_marker(held, rank).read_text())["by"] == "stop"
+        assert (signalled / "checkpoints" / "latest").read_text() == f"step{HELD_STEP:08d}"
+        release_when_requeued(job_id, deadline)  # Slurm holds a requeued job ~2 min otherwise
+        out, err = proc.communicate(timeout=SLURM_GUARD_S)
+    except BaseException:
+        _scancel([job_id])
+        raise
     assert proc.returncode == 0, err[-3000:]
     assert f"pretraining done: step {SLURM_STEPS}" in out
-    (stopped,) = _steps_logged(signalled, r"stopped at step (\d+) by a signal")
-    # resumed exactly where the signal stopped it
-    assert _steps_logged(signalled, r"resumed from \S+ at step (\d+)") == {stopped}
+    assert _steps_logged(signalled, r"stopped at step (\d+) by a signal") == [HELD_STEP] * 2
+    assert _steps_logged(signalled, r"resumed from \S+ at step (\d+)") == [HELD_STEP] * 2
     # pairs are drawn per (seed, step, rank) and Adam's state is restored: whatever stopped the
-    # runs and where, both end with the losses of one uninterrupted run
+    # runs, both end with the losses of one uninterrupted run
     assert json.loads((signalled / "metrics.json").read_text())["losses"] == pytest.approx(
         losses, rel=1e-5
     )
