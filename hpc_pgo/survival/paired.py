@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from hpc_pgo.errors import PgoError
+from hpc_pgo.survival.protocol import t_interval
 
 __all__ = ["paired_difference"]
 
@@ -55,17 +56,13 @@ def paired_difference(
         )
     d = np.array([cand[k] - ref[k] for k in common], dtype=np.float64)
     n = d.size
-    if n > 1:
-        sd = float(np.std(d, ddof=1))
-        ci95 = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-    else:
-        sd = ci95 = float("nan")
+    mean, sd, ci95 = t_interval(d)
     nonzero = d[d != 0]
     p = float(stats.wilcoxon(nonzero).pvalue) if nonzero.size else 1.0
     return {
         "n": n,
         "folds": common,
-        "mean": float(d.mean()),
+        "mean": mean,
         "ci95": ci95,
         "sd": sd,
         "wins": int((d > 0).sum()),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "read_predictions",
     "summarize_cindex",
     "summarize_folds",
+    "t_interval",
     "validate_predictions",
 ]
 
@@ -197,14 +198,21 @@ def summarize_cindex(per_fold: Mapping[int, float]) -> dict:
     for k, v in values.items():
         if not 0.0 <= v <= 1.0:  # also rejects NaN
             raise PgoError(f"fold {k}: C-index {v!r} is invalid; valid: a number in [0, 1]")
-    c = np.array(list(values.values()), dtype=np.float64)
+    mean, std, ci95 = t_interval(list(values.values()))
+    return {"mean": mean, "ci95": ci95, "std": std, "per_fold": values, "n_folds": len(values)}
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, std, ci95) of n values: std with ddof = 1, ci95 = t.ppf(0.975, n - 1) * std / sqrt(n)
+    (the half-width of the 95% t interval of the mean); std and ci95 are NaN when n = 1."""
+    c = np.asarray(values, dtype=np.float64)
     n = c.size
     if n > 1:
         std = float(np.std(c, ddof=1))
         ci95 = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
     else:
         std = ci95 = float("nan")
-    return {"mean": float(c.mean()), "ci95": ci95, "std": std, "per_fold": values, "n_folds": n}
+    return float(c.mean()), std, ci95
 
 
 def summarize_folds(preds: Mapping[int, pd.DataFrame]) -> dict:
