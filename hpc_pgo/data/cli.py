@@ -308,10 +308,20 @@ DEMO_OPTIONS: list[tuple[str, str, Callable]] = [
     ("--n-rna", "n_rna", int),
     ("--genomic-strength", "genomic_strength", float),
     ("--image-strength", "image_strength", float),
+    ("--genomic-saturation", "genomic_saturation", float),
+    ("--image-contrast", "image_contrast", float),
     ("--weibull-shape", "weibull_shape", float),
     ("--censoring", "censoring", float),
     ("--seed", "seed", int),
 ]
+
+
+DEMO_HELP = {
+    "genomic_saturation": "bound the omics part of the log hazard: genomic_strength * S tanh(g / S) "
+    "instead of genomic_strength * g (default: none, linear)",
+    "image_contrast": "multiply the nuclei density and radius slopes on the image factor u "
+    "(default 1; 0 = images show nothing of u)",
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -479,7 +489,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--cohort-dir", help="keep the simulated files (tables, ROIs, truth.csv, cohort.yaml) here"
     )
     for flag, kw, kind in DEMO_OPTIONS:
-        p.add_argument(flag, dest=kw, type=kind, help=f"write_demo_cohort({kw}=...)")
+        p.add_argument(
+            flag, dest=kw, type=kind, help=DEMO_HELP.get(kw, f"write_demo_cohort({kw}=...)")
+        )
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -254,3 +255,83 @@ def test_demo_cohort_builds_into_shards(tmp_path):
     )
     surv = json.loads(members[f"{key}.surv.json"])
     assert surv["event"] == clinical.event[0] and surv["time"] == pytest.approx(clinical.time[0])
+
+
+# ------------------------------------------------------------------ the knobs of `make demo`
+
+# The options `make demo` passes to `pgo-shards demo` (Makefile, configs/README.md "The demo
+# preset"), chosen on development seeds, never on the demo cohort's own test folds.
+MAKE_DEMO = {
+    "n_patients": 200,
+    "rois_per_patient": 1,
+    "genomic_strength": 1.5,
+    "genomic_saturation": 1.0,
+    "image_strength": 0.8,
+}
+
+
+def files_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for name, data in files_of(directory).items():
+        digest.update(name.encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def test_previous_cohort_is_reproduced_byte_for_byte(tmp_path):
+    # sha256 of the files the simulator wrote before genomic_saturation and image_contrast
+    # existed (commit 1449637), for SMALL with seed 5: the defaults keep their meaning.
+    before = "901561422ff1f9fcf3eec715f62ba9e160030c14eb011e8026521fa72cbb3eb0"
+    write_demo_cohort(tmp_path / "default", **SMALL, seed=5)
+    write_demo_cohort(
+        tmp_path / "explicit", **SMALL, seed=5, genomic_saturation=None, image_contrast=1.0
+    )
+    assert files_digest(tmp_path / "default") == before
+    assert files_digest(tmp_path / "explicit") == before
+
+
+def test_genomic_saturation_is_the_documented_tanh(tmp_path):
+    write_demo_cohort(tmp_path / "linear", **SMALL, genomic_strength=1.5)
+    write_demo_cohort(tmp_path / "sat", **SMALL, genomic_strength=1.5, genomic_saturation=0.5)
+    linear = pd.read_csv(tmp_path / "linear/truth.csv")
+    sat = pd.read_csv(tmp_path / "sat/truth.csv")
+    np.testing.assert_allclose(linear.theta_omics, 1.5 * linear.omics_score, atol=2e-6)
+    np.testing.assert_allclose(
+        sat.theta_omics, 1.5 * 0.5 * np.tanh(sat.omics_score / 0.5), atol=2e-6
+    )
+    assert (sat.theta_omics.abs() <= 0.75 + 1e-6).all() and sat.theta_omics.abs().max() > 0.6
+    np.testing.assert_allclose(sat.theta, sat.theta_omics + sat.theta_image, atol=2e-6)
+    # Only the omics part of the hazard changes: latents, omics table and ROIs are the same.
+    assert (tmp_path / "linear/omics.csv").read_bytes() == (tmp_path / "sat/omics.csv").read_bytes()
+    assert files_of(tmp_path / "linear/rois") == files_of(tmp_path / "sat/rois")
+
+
+def test_image_contrast_scales_the_image_signal(tmp_path):
+    options = {"n_patients": 60, "rois_per_patient": 1, "image_size": 64, "n_cnv": 4}
+    spearman = {}
+    for contrast in (0.0, 1.0, 2.0):
+        write_demo_cohort(tmp_path / str(contrast), **options, image_contrast=contrast)
+        truth = pd.read_csv(tmp_path / str(contrast) / "truth.csv")
+        purple = [
+            image_statistics(tmp_path / str(contrast) / "rois" / f"{p}_0.png")[0]
+            for p in truth.patient
+        ]
+        spearman[contrast] = pd.Series(purple).corr(truth.image_score, method="spearman")
+    assert abs(spearman[0.0]) < 0.3  # no image signal at all
+    assert 0.5 < spearman[1.0] < spearman[2.0]
+
+
+@pytest.mark.slow
+def test_make_demo_cohort_has_the_genomic_signal_the_easier_and_complementary(tmp_path):
+    write_demo_cohort(tmp_path, **{**MAKE_DEMO, "n_patients": 400, "image_size": 64}, seed=7)
+    omics_c, image_c = measured_signal(tmp_path)
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    clinical = pd.read_csv(tmp_path / "clinical.csv")
+
+    def harrell(score):
+        return concordance_index(clinical.time, -score, clinical.event)
+
+    # Both carry signal; the omics one is the stronger, the easier one for a simple model.
+    assert omics_c > image_c + 0.03 and image_c > 0.6
+    # Complementary: the truth with both parts ranks patients clearly better than either part.
+    assert harrell(truth.theta) > max(harrell(truth.theta_omics), harrell(truth.theta_image)) + 0.04

@@ -157,6 +157,41 @@ def test_table3_sweep_lists_the_six_configurations_of_the_paper():
         load_sweep("table9")
 
 
+def test_demo_sweep_is_the_ablation_make_demo_runs():
+    sweep = load_sweep("demo")
+    assert [r.name for r in sweep.runs] == ["genomic", "image", "concat", "concat-rho", "coxph"]
+    assert sweep.reference == "concat"
+    preset = [
+        "folds=0-14",
+        "model=fusion_small",
+        "train.epochs=15",
+        "model.genomic.snn.dropout=0.1",
+    ]
+    runs = compose_sweep(sweep, preset)
+    got = {
+        r.name: (list(c.model.modalities), c.balance.mode, c.launch.fold_fn.rsplit(".", 1)[1])
+        for r, c in runs
+    }
+    assert got == {
+        "genomic": (["genomic"], "none", "train_fold"),
+        "image": (["image"], "none", "train_fold"),
+        "concat": (["genomic", "image"], "none", "train_fold"),
+        "concat-rho": (["genomic", "image"], "rho", "train_fold"),
+        "coxph": (["genomic", "image"], "rho", "coxph_fold"),
+    }
+    # Every row has the same preset, budget and splits: only the sweep's own keys differ.
+    for _, c in runs:
+        assert (c.train.epochs, c.train.lr, c.model.image.arch, len(c.folds)) == (
+            15,
+            2e-3,
+            "lcnet_050",
+            15,
+        )
+        assert c.model.genomic.snn.dropout == 0.1
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    assert "launch/submit.py sweep=demo folds=0-14" in makefile
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
