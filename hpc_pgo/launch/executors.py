@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.errors import PgoError
 from hpc_pgo.launch.plan import fold_dir
-from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldTask
+from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldTask, children
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +155,6 @@ def job_error(job: submitit.Job | None) -> str | None:
     return text
 
 
-def _children(pid: int) -> list[int]:
-    """The pids of a process's children (Linux /proc; [] elsewhere or when it has ended)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def slurm_alive(job_ids: Iterable[str]) -> set[str]:
     """The ids among job_ids ('<job>' or '<array>_<task>') that squeue still lists (queued,
     running, completing). PgoError when squeue fails for another reason than unknown ids."""
@@ -235,7 +226,7 @@ class Array:
             for i, job in self.jobs.items():
                 if job.done():
                     continue
-                ranks = _children(int(job.job_id))
+                ranks = children(int(job.job_id))
                 for pid in ranks:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGINT)

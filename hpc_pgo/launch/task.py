@@ -127,19 +127,25 @@ class ProcessId:
             os.close(fd)
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc; [] elsewhere or when it has ended)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def kill_children_and_exit() -> None:
     """SIGKILL this process's children (DataLoader workers, ...), then this process."""
     me = os.getpid()
-    for task in Path(f"/proc/{me}/task").glob("*"):
+    for child in children(me):
         try:
-            children = (task / "children").read_text().split()
+            os.kill(child, signal.SIGKILL)
         except OSError:
-            continue
-        for child in children:
-            try:
-                os.kill(int(child), signal.SIGKILL)
-            except OSError:
-                pass
+            pass
     os.kill(me, signal.SIGKILL)
 
 

@@ -35,7 +35,7 @@ from hpc_pgo.launch.executors import exception_line, log_lines
 from hpc_pgo.launch.locks import LOCK_FILE, RunDirLock, fold_holder
 from hpc_pgo.launch.rundir import prepare_run_dir
 from hpc_pgo.launch.submission import submit, wait
-from hpc_pgo.launch.task import start_ticks
+from hpc_pgo.launch.task import children, start_ticks
 from tests.launch.conftest import REPO_ROOT, _scancel, slurm_job_alive, tiny_args
 from tests.launch.test_launch_units import write_fold
 from tests.launch.test_submit_cli import load_main
@@ -54,17 +54,11 @@ def descendants(pid: int) -> dict[int, int]:
     found: dict[int, int] = {}
     todo = [pid]
     while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                start = start_ticks(child)
-                if start is not None and child not in found:
-                    found[child] = start
-                    todo.append(child)
+        for child in children(todo.pop()):
+            start = start_ticks(child)
+            if start is not None and child not in found:
+                found[child] = start
+                todo.append(child)
     return found
 
 
