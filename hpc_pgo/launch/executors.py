@@ -3,8 +3,10 @@
 One registry entry per cluster kind (cfg.cluster.kind) builds an ``Array`` from the fold tasks:
 
 - ``local``: submitit's LocalExecutor. Each fold is one process group of tasks_per_node ranks;
-  at most cluster.parallel folds run at once: the array hands out the next fold whenever one
-  ends (``poll``), so it needs the submitting process to keep polling (wait=true).
+  at most cluster.parallel of them run at once: the array hands out the next fold whenever one
+  ends (``poll``), so it needs the submitting process to keep polling (wait=true). With
+  cluster.folds_per_process = k > 1, a process trains up to k folds in turn (FoldChain), which
+  pays the interpreter's start-up once for k short folds.
 - ``slurm``: submitit's AutoExecutor; the folds go out as ONE job array (``executor.batch()``)
   with array_parallelism; then one aggregation job, dependent on the array (afterany), writes
   the report whatever the folds' outcome.
@@ -37,8 +39,9 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.errors import PgoError
+from hpc_pgo.launch.locks import fold_holder
 from hpc_pgo.launch.plan import fold_dir
-from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldTask, children
+from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldChain, FoldTask, children
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,13 @@ PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 REPORT_TIME_MIN = 30  # wall time of the aggregation job
 
 
-def fold_state(task: FoldTask, job: submitit.Job | None) -> str:
+def fold_state(task: FoldTask, job: submitit.Job | None, chained: bool = False) -> str:
     """A fold's state from its files first (they survive requeues), then from its job.
 
     done: metrics.json exists (the fold entry writes it last); failed: error.txt exists, or the
     job ended without metrics.json; running: the job is queued or running; pending: not submitted.
+    chained: the job trains several folds in turn (FoldChain); a fold of it is running once the
+    job has claimed it (its lock record names the job), pending before.
     """
     out = fold_dir(task.run_dir, task.fold)
     if (out / METRICS_FILE).is_file():
@@ -61,6 +66,9 @@ def fold_state(task: FoldTask, job: submitit.Job | None) -> str:
     if job is None:
         return PENDING
     if not job.done():
+        if chained:
+            holder = fold_holder(out)
+            return RUNNING if holder is not None and holder.get("job") == job.job_id else PENDING
         return RUNNING
     # the job ended: a fold entry that returned without metrics.json (e.g. killed) failed too
     return DONE if (out / METRICS_FILE).is_file() else FAILED
@@ -194,26 +202,36 @@ class Array:
     jobs: dict[int, submitit.Job] = field(default_factory=dict)
     report_job: submitit.Job | None = None
     executor: submitit.Executor | None = None
-    parallel: int = 0  # local only: folds at once
+    parallel: int = 0  # local only: processes at once
+    folds_per_process: int = 1  # local only: at most this many folds in turn per process
 
     def job_ids(self) -> list[str]:
-        """The scheduler ids of the jobs submitted so far (array tasks as <array>_<task>)."""
-        return [self.jobs[i].job_id for i in sorted(self.jobs)]
+        """The scheduler ids of the jobs submitted so far (array tasks as <array>_<task>), each
+        once (the folds of a FoldChain share one job)."""
+        return list(dict.fromkeys(self.jobs[i].job_id for i in sorted(self.jobs)))
 
     def poll(self) -> list[str]:
         """Each task's state (fold_state); on local, first submits folds into free slots."""
         if self.parallel:
             self._fill_slots()
-        return [fold_state(task, self.jobs.get(i)) for i, task in enumerate(self.tasks)]
+        chained = self.folds_per_process > 1
+        return [fold_state(task, self.jobs.get(i), chained) for i, task in enumerate(self.tasks)]
 
     def _fill_slots(self) -> None:
-        running = sum(1 for job in self.jobs.values() if not job.done())
-        for i, _task in enumerate(self.tasks):
-            if running >= self.parallel:
-                return
-            if i not in self.jobs:
-                self.jobs[i] = self.executor.submit(self.tasks[i])
-                running += 1
+        """Start a process in each free slot with the next folds: folds_per_process of them, or
+        fewer near the end (the folds left, shared over the slots), so the slots end together."""
+        running = len({job.job_id for job in self.jobs.values() if not job.done()})
+        waiting = [i for i in range(len(self.tasks)) if i not in self.jobs]
+        size = min(self.folds_per_process, -(-len(waiting) // self.parallel))
+        while running < self.parallel and waiting:
+            batch, waiting = waiting[:size], waiting[size:]
+            if size == 1:
+                job = self.executor.submit(self.tasks[batch[0]])
+            else:
+                job = self.executor.submit(FoldChain([self.tasks[i] for i in batch]))
+            for i in batch:
+                self.jobs[i] = job
+            running += 1
 
     def cancel(self) -> list[int]:
         """Cancel the local jobs still running: SIGINT to their ranks (the children of each
@@ -221,27 +239,30 @@ class Array:
         its traceback on the launcher's terminal). Returns the task indices cancelled; Slurm
         jobs are left to Slurm. A rank that ignores SIGINT still ends with its launcher
         (FoldTask.launcher)."""
-        cancelled = []
+        cancelled, signalled = [], set()
         if self.parallel:
             for i, job in self.jobs.items():
                 if job.done():
                     continue
-                ranks = children(int(job.job_id))
-                for pid in ranks:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGINT)
-                if not ranks:
-                    job.cancel(check=False)
+                if job.job_id not in signalled:  # once per process, whatever its folds
+                    signalled.add(job.job_id)
+                    ranks = children(int(job.job_id))
+                    for pid in ranks:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGINT)
+                    if not ranks:
+                        job.cancel(check=False)
                 cancelled.append(i)
         return cancelled
 
     def errors(self) -> dict[int, str]:
         """Task index -> the scheduler's error (job_error), for tasks whose job failed."""
-        out = {}
+        out, by_job = {}, {}
         for i, job in self.jobs.items():
-            line = job_error(job)
-            if line is not None:
-                out[i] = line
+            if job.job_id not in by_job:
+                by_job[job.job_id] = job_error(job)
+            if by_job[job.job_id] is not None:
+                out[i] = by_job[job.job_id]
         return out
 
 
@@ -314,7 +335,12 @@ def _local_array(
 ) -> Array:
     executor = submitit.LocalExecutor(folder=folder / "%j")
     executor.update_parameters(**local_parameters(cfg.cluster))
-    array = Array(tasks=tasks, executor=executor, parallel=max(1, int(cfg.cluster.parallel)))
+    array = Array(
+        tasks=tasks,
+        executor=executor,
+        parallel=max(1, int(cfg.cluster.parallel)),
+        folds_per_process=int(cfg.cluster.get("folds_per_process", 1) or 1),
+    )
     try:
         array.poll()  # the first folds start now
     except BaseException:

@@ -178,6 +178,32 @@ def watch_launcher(launcher: ProcessId, on_gone: Callable[[], None]) -> threadin
     return thread
 
 
+class _LauncherWatch:
+    """One launcher watchdog per process, whatever the number of folds it trains in turn
+    (FoldChain): it acts for the fold running when the launcher ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._current: tuple[FoldTask, Path, int] | None = None
+
+    def follow(self, task: FoldTask, out: Path, rank: int) -> None:
+        with self._lock:
+            self._current = (task, out, rank)
+            if self._thread is None:
+                self._thread = watch_launcher(task.launcher, self._gone)
+
+    def _gone(self) -> None:
+        with self._lock:
+            current = self._current
+        if current is not None:
+            task, out, rank = current
+            task._launcher_gone(out, rank)
+
+
+_LAUNCHER_WATCH = _LauncherWatch()
+
+
 class StopOnWarning:
     """While the fold (or MLP-A pretraining, launch/pretrain.py) runs, submitit's warning signal
     (USR2: time limit near, or preemption) asks the entry function to checkpoint and return,
@@ -256,7 +282,7 @@ class FoldTask:
             self.fold, here.rank, here.world_size, here.master_addr, here.master_port, threads,
         )  # fmt: skip
         if self.launcher is not None and local:
-            watch_launcher(self.launcher, lambda: self._launcher_gone(out, here.rank))
+            _LAUNCHER_WATCH.follow(self, out, here.rank)
         # every rank claims the fold: a task of another submission touches nothing
         with FoldLock.take(out, str(job.job_id), job.name()):
             try:
@@ -307,3 +333,51 @@ class FoldTask:
         """
         log.warning("fold %d: requeued; it resumes from its last checkpoint", self.fold)
         return submitit.helpers.DelayedSubmission(FoldTask(self.run_dir, self.fold, self.launcher))
+
+
+class FoldChain:
+    """Several fold tasks run one after another in ONE process: cluster.folds_per_process on the
+    local executor, where each process otherwise pays its start-up (importing torch, DeepSpeed,
+    lifelines: seconds) for a fold that may train for seconds.
+
+    Each fold is exactly its FoldTask: its own claim, config, seed, error.txt and metrics; the
+    process group of a multi-rank fold stays up from one fold to the next (hpc_pgo.train.fold),
+    and every rank runs the same folds in the same order. A fold that fails (error.txt) does not
+    stop the others; the chain then ends with one PgoError naming the failed folds, so that the
+    scheduler records a failure. On the warning signal the running fold checkpoints and
+    ``checkpoint()`` requeues the folds without metrics.json, in order.
+    """
+
+    def __init__(self, tasks: list[FoldTask]) -> None:
+        if not tasks:
+            raise ValueError("FoldChain needs at least one fold task")
+        self.tasks = list(tasks)
+
+    def __repr__(self) -> str:
+        return f"FoldChain({', '.join(f'fold {t.fold} of {t.run_dir}' for t in self.tasks)})"
+
+    def __call__(self) -> list[dict]:
+        results, failed = [], []
+        for task in self.tasks:
+            try:
+                results.append(task())
+            except Exception as err:  # recorded in the fold's error.txt; the next fold goes on
+                log.error("fold %d of %s failed: %s", task.fold, task.run_dir, error_summary(err))
+                failed.append(f"{task.run_dir}/fold_{task.fold}: {error_summary(err)}")
+        if failed:
+            raise PgoError(
+                f"{len(failed)} of the {len(self.tasks)} folds of this process failed: "
+                + "; ".join(failed)
+            )
+        return results
+
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
+        """Requeue the folds of the chain that have no metrics.json yet (each resumes from its
+        own last checkpoint)."""
+        left = [
+            FoldTask(t.run_dir, t.fold, t.launcher)
+            for t in self.tasks
+            if not (fold_dir(Path(t.run_dir), t.fold) / METRICS_FILE).is_file()
+        ]
+        log.warning("requeued: folds %s resume from their last checkpoints", [t.fold for t in left])
+        return submitit.helpers.DelayedSubmission(FoldChain(left or self.tasks[-1:]))
