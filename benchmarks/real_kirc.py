@@ -3,7 +3,8 @@
 
 1. Builds the shard set of data=tcga_kirc (configs/data/tcga_kirc.yaml: data.shards) from the
    PORPOISE table (--table, default ../shared/data/tcga-kirc/tcga_kirc_all_clean.csv.gz beside
-   the checkout) when it is missing: cnv, mut and rna groups, 15 random 80/20 patient splits.
+   the checkout) with the shipped spec configs/cohorts/tcga_kirc_porpoise.yaml when it is
+   missing: cnv, mut and rna groups, 15 random 80/20 patient splits.
 2. Runs `launch/submit.py data=tcga_kirc model=genomic folds=0-14` through hpc_pgo.launch
    (cluster=local unless given otherwise) and waits for its report.
 3. Baseline, same run: lifelines' CoxPHFitter with a ridge penalty on the same 15 splits and
@@ -30,12 +31,11 @@ DEFAULT_TABLE = REPO.parent / "shared" / "data" / "tcga-kirc" / "tcga_kirc_all_c
 
 
 def build_flags(table: Path, out: Path) -> list[str]:
-    """pgo-shards build flags for the PORPOISE table layout (one row per slide, omics repeated)."""
+    """pgo-shards build flags: the shipped PORPOISE spec (configs/cohorts/tcga_kirc_porpoise.yaml:
+    one row per slide, omics repeated; cnv, mut, rna; 15 random splits) on `table`."""
+    spec = REPO / "configs" / "cohorts" / "tcga_kirc_porpoise.yaml"
     return [
-        "build", "--survival", str(table), "--patient-col", "case_id", "--time-col", "survival_months",
-        "--censorship-col", "censorship", "--omics", "same", "--group", "cnv:suffix=_cnv",
-        "--group", "mut:suffix=_mut", "--group", "rna:suffix=_rnaseq", "--splits", "random:15",
-        "--no-images", "--no-progress", "--out", str(out), "--cohort", "tcga_kirc",
+        "build", "--spec", str(spec), "--survival", str(table), "--no-progress", "--out", str(out),
     ]  # fmt: skip
 
 

@@ -1,9 +1,12 @@
 """The cohort spec (what `pgo-shards build` reads) and the import of survival and omics tables.
 
 A cohort spec is a small dict (YAML on disk; format in shards/README.md) with the sections
-`cohort`, `survival`, `omics`, `images`, `splits` and `missing`. `resolve_spec` validates it,
-fills the defaults and makes every path absolute, so that the build and the manifest see one
-explicit form. Tables are CSV or TSV, optionally gzipped; conventions:
+`cohort`, `survival`, `omics`, `images`, `splits` and `missing` (and `data_dir`: where its
+relative paths start). `resolve_spec` validates it, fills the defaults and makes every path
+absolute, so that the build and the manifest see one explicit form. The specs of the public
+releases (PORPOISE, Pathomic Fusion) ship in configs/cohorts/. Tables are CSV or TSV, plain or
+compressed (gzip, zip, bz2, xz, zstd: told by the file's first bytes, so PORPOISE's plain
+`.csv.zip` files read as they are); conventions:
 
 - time: survival or follow-up time in the table's unit (months in TCGA and Pathomic Fusion);
   finite and >= 0.
@@ -18,8 +21,10 @@ when they agree; rows that disagree are an error naming both lines.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +38,7 @@ from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
 
-SPEC_KEYS = ("cohort", "survival", "omics", "images", "splits", "missing")
+SPEC_KEYS = ("cohort", "survival", "omics", "images", "splits", "missing", "data_dir")
 MISSING_POLICIES = ("drop", "mask")
 SPLIT_KINDS = ("file", "random", "kfold")
 IMAGE_KINDS = ("rois", "slides")
@@ -238,18 +243,25 @@ def _resolve_splits(raw: Any, base: Path) -> dict:
     }
     if kind == "file":
         f = _mapping(sp.get("file"), "splits.file")
-        _check_keys(f, ("path", "patient", "columns", "train", "test"), "splits.file")
+        _check_keys(f, ("path", "patient", "columns", "first", "train", "test"), "splits.file")
         if "path" not in f:
             raise PgoError("splits.file: missing key 'path' (the split table)")
         columns = _string(f.get("columns", "Randomization - {k}"), "splits.file.columns")
         if "{k}" not in columns:
             raise PgoError(f"splits.file.columns: {columns!r} must contain {{k}} (split 1, 2, ...)")
+        first = f.get("first")
+        if first is not None and (isinstance(first, bool) or first not in (0, 1)):
+            raise PgoError(
+                f"splits.file.first: {first!r} is not 0 or 1 (the number of the file's first "
+                "split column; 1 for Pathomic Fusion's files; unset: either, recorded)"
+            )
         out["file"] = {
             "path": _path(f["path"], base, "splits.file.path"),
             "patient": None
             if f.get("patient") is None
             else _string(f["patient"], "splits.file.patient"),
             "columns": columns,
+            "first": None if first is None else int(first),
             "train": str(f.get("train", "Train")),
             "test": str(f.get("test", "Test")),
         }
@@ -266,12 +278,16 @@ def _resolve_splits(raw: Any, base: Path) -> dict:
 def resolve_spec(raw: Mapping, base_dir: Path | str = ".") -> dict:
     """Validate a cohort spec, fill its defaults and make its paths absolute.
 
-    `base_dir` is where relative paths start (the spec file's directory). Returns a new dict
-    with every key present (absent options are None). Raises PgoError naming the key.
+    Relative paths start at the spec's `data_dir` when it has one (itself relative to
+    `base_dir`), else at `base_dir` (the spec file's directory). Returns a new dict with every
+    key present (absent options are None; `data_dir` is spent: the paths are absolute).
+    Raises PgoError naming the key.
     """
     base = Path(base_dir).expanduser().resolve()
     spec = _mapping(raw, "cohort spec")
     _check_keys(spec, SPEC_KEYS, "cohort spec")
+    if "data_dir" in spec:
+        base = Path(_path(spec["data_dir"], base, "data_dir"))
     if "survival" not in spec:
         raise PgoError("cohort spec: missing section 'survival' (path, patient, time, event)")
     survival = _resolve_survival(spec["survival"], base)
@@ -295,8 +311,10 @@ def resolve_spec(raw: Mapping, base_dir: Path | str = ".") -> dict:
     }
 
 
-def load_spec(path: Path | str) -> dict:
-    """Read a YAML cohort spec and resolve it (relative paths from the file's directory)."""
+def load_spec(path: Path | str, data_dir: Path | str | None = None) -> dict:
+    """Read a YAML cohort spec and resolve it: relative paths from `data_dir` when given (the
+    folder of the downloaded files; it wins over the spec's own `data_dir`), else from the
+    spec's `data_dir`, else from the spec file's directory."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -307,8 +325,11 @@ def load_spec(path: Path | str) -> dict:
     except yaml.YAMLError as exc:
         why = " ".join(str(exc).split())
         raise PgoError(f"cohort spec {path}: not valid YAML: {why}") from None
+    raw = raw if raw is not None else {}
+    if data_dir is not None and isinstance(raw, Mapping):
+        raw = {**raw, "data_dir": str(Path(data_dir).expanduser().resolve())}
     try:
-        return resolve_spec(raw if raw is not None else {}, path.parent)
+        return resolve_spec(raw, path.parent)
     except PgoError as exc:
         raise PgoError(f"cohort spec {path}: {exc}") from None
 
@@ -326,54 +347,73 @@ def _line(index: int) -> int:
     return index + 2
 
 
+# The first bytes of each compressed format pandas reads, and its name for it. A table is
+# decompressed by what it holds, not by its suffix: PORPOISE's `tcga_<x>_all_clean.csv.zip` is a
+# plain CSV despite its name, which pandas' suffix-based guess would refuse as a bad zip.
+COMPRESSION_MAGIC = {
+    b"PK\x03\x04": "zip",
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bz2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+COMPRESSED_SUFFIXES = (".gz", ".zip", ".bz2", ".xz", ".zst")
+
+
+def _compression(path: Path) -> str | None:
+    """pandas' name of the compression `path` holds (by its first bytes), None for plain text."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((name for magic, name in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
 def _separator(path: Path) -> str:
-    """Tab for .tsv/.tab/.txt (optionally .gz), comma otherwise."""
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    """Tab for .tsv/.tab/.txt (optionally compressed, e.g. .tsv.gz), comma otherwise."""
+    name = path.name
+    for suffix in COMPRESSED_SUFFIXES:
+        name = name.removesuffix(suffix)
     return "\t" if name.endswith((".tsv", ".tab", ".txt")) else ","
+
+
+# What reading a table can raise on a bad file (BadZipFile: a corrupt zip; ValueError: pandas'
+# own, e.g. a zip that holds several files): each becomes one error line naming the file.
+_UNREADABLE = (
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+    UnicodeDecodeError,
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+    EOFError,
+)
+
+
+def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
+    """pandas.read_csv of a CSV/TSV table, compressed or not; a file it cannot read is a PgoError."""
+    if not path.is_file():
+        raise PgoError(f"{what} table {path}: file not found")
+    try:
+        return pd.read_csv(path, sep=_separator(path), compression=_compression(path), **kwargs)
+    except _UNREADABLE as exc:
+        raise PgoError(f"{what} table {path}: cannot parse: {' '.join(str(exc).split())}") from None
 
 
 def table_columns(path: Path | str, what: str) -> list[str]:
     """The header of a CSV/TSV table as written: a repeated name stays repeated (pandas would
     rename the second 'X' to 'X.1'), an empty one is ''."""
-    path = Path(path)
-    if not path.is_file():
-        raise PgoError(f"{what} table {path}: file not found")
-    try:
-        header = pd.read_csv(
-            path, sep=_separator(path), header=None, nrows=1, dtype=str, keep_default_na=False
-        )
-        return [str(c) for c in header.iloc[0].tolist()]
-    except (
-        pd.errors.ParserError,
-        pd.errors.EmptyDataError,
-        UnicodeDecodeError,
-        OSError,
-        EOFError,
-    ) as exc:
-        raise PgoError(f"{what} table {path}: cannot parse: {' '.join(str(exc).split())}") from None
+    header = _read_csv(Path(path), what, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return [str(c) for c in header.iloc[0].tolist()]
 
 
 def read_table(path: Path | str, patient: str, what: str) -> pd.DataFrame:
-    """Read a CSV/TSV (optionally .gz) table with its patient-id column as strings.
+    """Read a CSV/TSV table (plain, or compressed: gzip, zip, bz2, xz, zstd, told apart by the
+    file's first bytes) with its patient-id column as strings.
 
-    TSV is chosen by the extension (.tsv, .tab, .txt, each optionally .gz); otherwise CSV.
+    TSV is chosen by the extension (.tsv, .tab, .txt, each optionally compressed); otherwise CSV.
     The index is 0..n-1 (data row order), which `_line` maps to file lines.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PgoError(f"{what} table {path}: file not found")
-    try:
-        table = pd.read_csv(
-            path, sep=_separator(path), dtype={patient: str}, keep_default_na=True, low_memory=False
-        )
-    except (
-        pd.errors.ParserError,
-        pd.errors.EmptyDataError,
-        UnicodeDecodeError,
-        OSError,
-        EOFError,
-    ) as exc:
-        raise PgoError(f"{what} table {path}: cannot parse: {' '.join(str(exc).split())}") from None
+    table = _read_csv(path, what, dtype={patient: str}, keep_default_na=True, low_memory=False)
     if patient not in table.columns:
         cols = ", ".join(map(repr, list(table.columns[:8])))
         raise PgoError(f"{what} table {path}: no patient column {patient!r}; columns start {cols}")
@@ -389,9 +429,18 @@ def read_table(path: Path | str, patient: str, what: str) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _require_column(table: pd.DataFrame, column: str, path: str, what: str) -> pd.Series:
+def _require_column(table: pd.DataFrame, column: str, path: str, what: str, role: str) -> pd.Series:
+    """`table[column]`; a column the header lacks is an error naming the file, what the column
+    was for (`role`, e.g. the spec key and its flag), close names and the header itself."""
     if column not in table.columns:
-        raise PgoError(f"{what} table {path}: no column {column!r}")
+        header = [str(c) for c in table.columns]
+        close = difflib.get_close_matches(column, header, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        shown = ", ".join(map(repr, header[:10])) + (", ..." if len(header) > 10 else "")
+        raise PgoError(
+            f"{what} table {path} line 1: no column {column!r}, the {role}{hint}; valid: a "
+            f"column of its header ({len(header)} columns: {shown})"
+        )
     return table[column]
 
 
@@ -451,7 +500,9 @@ def load_survival(section: Mapping, tables: dict | None = None) -> pd.DataFrame:
     path, pcol = section["path"], section["patient"]
     table = _cached_table(tables, path, pcol, "survival")
     time = _as_numbers(
-        _require_column(table, section["time"], path, "survival"),
+        _require_column(
+            table, section["time"], path, "survival", "survival time (survival.time, --time-col)"
+        ),
         path,
         "survival",
         "time must be a number >= 0",
@@ -471,8 +522,13 @@ def load_survival(section: Mapping, tables: dict | None = None) -> pd.DataFrame:
         if section["event"]
         else "censorship: 1 = censored, 0 = death observed"
     )
+    role = (
+        "event flag (survival.event, --event-col)"
+        if section["event"]
+        else "censorship flag (survival.censorship, --censorship-col)"
+    )
     flag = _as_numbers(
-        _require_column(table, flag_col, path, "survival"),
+        _require_column(table, flag_col, path, "survival", role),
         path,
         "survival",
         f"valid: 0 or 1; {meaning}",

@@ -8,9 +8,11 @@ cohort gives the same splits on every machine.
   round(test_fraction * N) patients (at least 1, at most N - 1).
 - kfold: one seeded permutation cut into k near-equal parts; part i is the test set of fold i.
 - file: a table with one row per patient and one column per split (e.g. Pathomic Fusion's
-  pnas_splits.csv, columns `Randomization - 1..15`, values Train/Test). Columns numbered from 1
-  or from 0 are both read, in order (fold i = the i-th column); a gap, a repeat or another
-  start is an error: no split is ever left out or moved to another fold.
+  pnas_splits.csv, columns `Randomization - 1..15`, values Train/Test; or kirc_splits.csv,
+  columns `1..15` beside an unnamed patient column). Columns numbered from 1 or from 0 are both
+  read, in order (fold i = the i-th column), unless the spec says which (`first`: a file
+  numbered otherwise is an error); a gap, a repeat or another start is an error: no split is
+  ever left out or moved to another fold.
 """
 
 from __future__ import annotations
@@ -93,11 +95,14 @@ def _numbers(values: list[int]) -> str:
     return shown + (", ..." if len(values) > 20 else "")
 
 
-def split_columns(path: str, template: str, header: list[str]) -> list[str]:
+def split_columns(
+    path: str, template: str, header: list[str], first: int | None = None
+) -> list[str]:
     """The split columns of a split table's `header`, in fold order: the columns that
-    `template` (with {k}) names, numbered k = 1..n or k = 0..n-1. A gap, a repeated number,
-    or another start is an error naming the columns found and the numbering expected, so that
-    no split is ever left out or shifted to another fold."""
+    `template` (with {k}) names, numbered k = 1..n or k = 0..n-1 (`first`: 1 or 0 when the
+    spec says which, None: either). A gap, a repeated number, another start, or a start other
+    than `first` is an error naming the columns found and the numbering expected, so that no
+    split is ever left out or shifted to another fold."""
     parts = template.split("{k}")
     pattern = re.compile(
         re.escape(parts[0]) + "(?P<k>[0-9]+)" + "(?P=k)".join(re.escape(part) for part in parts[1:])
@@ -121,14 +126,23 @@ def split_columns(path: str, template: str, header: list[str]) -> list[str]:
             f"({', '.join(map(repr, names))}); valid: one column per split, numbered 1..n "
             "(or 0..n-1)"
         )
-    first = numbers[0]
-    gaps = sorted(set(range(first, numbers[-1] + 1)) - set(numbers))
-    if first not in (0, 1) or gaps:
-        why = f"missing {_numbers(gaps)}" if gaps else f"starting at {first}"
+    start = numbers[0]
+    gaps = sorted(set(range(start, numbers[-1] + 1)) - set(numbers))
+    if start not in (0, 1) or gaps:
+        why = f"missing {_numbers(gaps)}" if gaps else f"starting at {start}"
         raise PgoError(
             f"split table {path}: {found} are numbered {_numbers(numbers)} ({why}); valid: "
             f"{template!r} numbered 1..n (Pathomic Fusion's pnas_splits.csv: 1..15) or "
             "0..n-1, without gaps"
+        )
+    if first is not None and start != first:
+        # e.g. a Pathomic Fusion file renumbered from 0: its fold k would silently be the
+        # paper's split k + 1, so the spec's numbering is a rule, not a guess
+        raise PgoError(
+            f"split table {path}: {found} are numbered from {start} instead of {first} (the "
+            f"spec's splits.file.first: {first}); valid: {template!r} numbered "
+            f"{first}..{first + len(numbers) - 1}, or set splits.file.first: {start} "
+            f"(--split-first {start}) if this file really numbers its splits from {start}"
         )
     return [column for _, column in numbered]
 
@@ -143,8 +157,10 @@ def read_split_table(section: Mapping, table_patients: Iterable[str] | None = No
     """
     path = section["path"]
     header = table_columns(path, "split")
-    pcol = section["patient"] or header[0]
-    columns = split_columns(path, section["columns"], header)
+    # the first column by default; unnamed in a file written with pandas' index (Pathomic
+    # Fusion's kirc_splits.csv: `,1,2,...,15`), which pandas then calls 'Unnamed: 0'
+    pcol = section["patient"] or header[0] or "Unnamed: 0"
+    columns = split_columns(path, section["columns"], header, section.get("first"))
     table = read_table(path, pcol, "split")
     labels = {section["train"]: "train", section["test"]: "test"}
     cells = table[columns].astype(str).apply(lambda c: c.str.strip())
@@ -165,7 +181,9 @@ def read_split_table(section: Mapping, table_patients: Iterable[str] | None = No
             )
         rows.setdefault(pid, (tuple(values), i))
     if table_patients is not None:
-        _check_same_patients(set(rows), set(table_patients), path)
+        lines = {pid: i + 2 for pid, (_, i) in rows.items()}
+        shown = repr(pcol) if header[0] or section["patient"] else "1 (unnamed)"
+        _check_same_patients(lines, set(table_patients), path, shown)
     sides = {pid: tuple(labels[v] for v in values) for pid, (values, _) in rows.items()}
     return SplitTable(str(path), columns, sides)
 
@@ -177,19 +195,28 @@ def read_split_file(section: Mapping, table_patients: Iterable[str]) -> list[Spl
     return table.splits(table.sides)
 
 
-def _check_same_patients(in_file: set[str], in_table: set[str], path: str) -> None:
-    """The split file and the survival table must name the same patients (both directions)."""
-    only_file, only_table = sorted(in_file - in_table), sorted(in_table - in_file)
-    for which, extra, other in (
-        ("split table", only_file, "survival table"),
-        ("survival table", only_table, "split table"),
-    ):
-        if extra:
-            shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
-            raise PgoError(
-                f"split table {path}: {len(extra)} patients in the {which} are not in "
-                f"the {other}: {shown}"
-            )
+def _check_same_patients(
+    in_file: Mapping[str, int], in_table: set[str], path: str, column: str
+) -> None:
+    """The split file (patient -> its line) and the survival table must name the same
+    patients, both directions; an error names them (a patient of the file with its line and
+    `column`, the patient column as shown to the user)."""
+    only_file = sorted(set(in_file) - in_table, key=lambda p: in_file[p])
+    only_table = sorted(in_table - set(in_file))
+    valid = "valid: a split file naming exactly the survival table's patients"
+    if only_file:
+        shown = ", ".join(only_file[:5]) + (", ..." if len(only_file) > 5 else "")
+        raise PgoError(
+            f"split table {path}: {len(only_file)} patients in the split table are not in the "
+            f"survival table: {shown} (the first at line {in_file[only_file[0]]}, column "
+            f"{column}); {valid}"
+        )
+    if only_table:
+        shown = ", ".join(only_table[:5]) + (", ..." if len(only_table) > 5 else "")
+        raise PgoError(
+            f"split table {path}: {len(only_table)} patients in the survival table are not in "
+            f"the split table: {shown}; {valid}"
+        )
 
 
 def restrict(

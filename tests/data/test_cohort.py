@@ -91,6 +91,12 @@ def test_load_spec_resolves_paths_from_its_folder_and_fills_defaults(tmp_path: P
             "needs a named group (?P<patient>...)",
         ),
         ("survival: [1, 2\n", "not valid YAML"),
+        (
+            "survival: {path: t.csv, patient: p, time: t, event: e}\n"
+            "omics: [{path: same, groups: {rna: {suffix: _rnaseq}}}]\n"
+            "splits: {kind: file, file: {path: s.csv, first: 2}}\n",
+            "splits.file.first: 2 is not 0 or 1",
+        ),
     ],
 )
 def test_bad_specs_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -253,13 +259,14 @@ def test_split_file_and_table_must_name_the_same_patients(tmp_path: Path) -> Non
     with pytest.raises(
         PgoError,
         match=r"2 patients in the split table are not in the "
-        r"survival table: X1, X2$",
+        r"survival table: X1, X2 \(the first at line 5, column 'TCGA ID'\); valid: a split file "
+        r"naming exactly the survival table's patients$",
     ):
         read_split_file(section, ["A", "B", "C"])
     with pytest.raises(
         PgoError,
         match=r"1 patients in the survival table are not in the "
-        r"split table: D$",
+        r"split table: D; valid: a split file naming exactly the survival table's patients$",
     ):
         read_split_file(section, ["A", "B", "C", "D", "X1", "X2"])
     section = _split_file(tmp_path, ["A", "B"], [["Train", "Validation"]])
@@ -268,3 +275,43 @@ def test_split_file_and_table_must_name_the_same_patients(tmp_path: Path) -> Non
         match="line 3 column 'Randomization - 1': value 'Validation' is neither 'Train' nor 'Test'",
     ):
         read_split_file(section, ["A", "B"])
+
+
+def test_relative_paths_start_at_data_dir(tmp_path: Path) -> None:
+    """A spec's data_dir (relative to the spec's folder) moves where its paths start; the
+    data_dir argument (pgo-shards build --data-dir) wins over it."""
+    spec_path = tmp_path / "specs" / "cohort.yaml"
+    spec_path.parent.mkdir()
+    spec_path.write_text(
+        "data_dir: ../release\n"
+        "survival: {path: t.csv, patient: p, time: t, event: e}\n"
+        "omics: [{path: same, groups: {rna: {suffix: _rnaseq}}}]\n"
+        "splits: {kind: file, file: {path: s.csv, first: 1}}\n"
+    )
+    spec = load_spec(spec_path)
+    assert spec["survival"]["path"] == str(tmp_path / "release" / "t.csv")
+    assert spec["splits"]["file"]["path"] == str(tmp_path / "release" / "s.csv")
+    assert spec["splits"]["file"]["first"] == 1
+    assert "data_dir" not in spec  # spent: every path is absolute
+    spec = load_spec(spec_path, data_dir=tmp_path / "download")
+    assert spec["omics"][0]["path"] == str(tmp_path / "download" / "t.csv")
+
+
+@pytest.mark.parametrize("name", ["t.csv.zip", "t.csv.gz", "t.csv", "t.tsv.zip"])
+@pytest.mark.parametrize("compression", [None, "gzip", "zip", "bz2"])
+def test_tables_are_read_by_content_not_by_suffix(tmp_path: Path, name, compression) -> None:
+    """PORPOISE's `.csv.zip` files are plain CSVs: what a file holds decides how it is read."""
+    table = porpoise_table(n_patients=5, n_double=0)
+    path = tmp_path / name
+    if compression == "zip":
+        compression = {"method": "zip", "archive_name": "t.csv"}
+    table.to_csv(path, index=False, compression=compression, sep="\t" if ".tsv" in name else ",")
+    survival = load_survival(_survival(path))
+    assert list(survival.index) == sorted(table["case_id"])
+
+
+def test_a_corrupt_zip_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv.zip"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with pytest.raises(PgoError, match=f"survival table {path}: cannot parse: "):
+        load_survival(_survival(path))

@@ -1,4 +1,5 @@
-"""The real TCGA-KIRC release (PORPOISE layout) builds with flags only and reads back exactly.
+"""The real TCGA-KIRC release (PORPOISE layout) builds with flags only and reads back exactly,
+and the shipped spec (configs/cohorts/tcga_kirc_porpoise.yaml) builds the same shard set.
 
 Needs ../shared/data/tcga-kirc/tcga_kirc_all_clean.csv.gz beside the checkout (development
 machines and CI); users get the file from the PORPOISE repository (see its README there).
@@ -17,10 +18,11 @@ from hpc_pgo.data.cli import main
 from hpc_pgo.data.shards import verify
 from tests.conftest import KIRC_TABLE
 
-from .conftest import load_npy, porpoise_flags, read_samples
+from .conftest import load_npy, porpoise_flags, read_samples, tree_bytes
 
 pytestmark = pytest.mark.usefixtures("kirc_table")
 KIRC = KIRC_TABLE
+SPEC = Path(__file__).resolve().parents[2] / "configs" / "cohorts" / "tcga_kirc_porpoise.yaml"
 
 
 @pytest.mark.slow
@@ -65,3 +67,19 @@ def test_tcga_kirc_builds_with_flags_only(tmp_path: Path, capsys) -> None:
     folds = manifest["splits"]["folds"]
     assert len(folds) == 15 and all(len(f["test"]) == 69 for f in folds)
     assert verify(out).ok
+
+
+@pytest.mark.slow
+def test_tcga_kirc_shipped_spec_builds_the_same_shard_set(tmp_path: Path, capsys) -> None:
+    """The spec with --survival naming the downloaded file gives byte for byte the shard set of
+    the flags (benchmarks/real_kirc.py's build): same spec once resolved, same manifest."""
+    by_spec, by_flags = tmp_path / "spec" / "tcga_kirc", tmp_path / "flags" / "tcga_kirc"
+    run = ["--no-progress", "--workers", "2"]
+    argv = ["build", "--spec", str(SPEC), "--survival", str(KIRC), "--out", str(by_spec), *run]
+    assert main(argv) == 0
+    assert main(["build", *porpoise_flags(KIRC), "--no-images", "--out", str(by_flags), *run]) == 0
+    capsys.readouterr()
+    assert tree_bytes(by_spec) == tree_bytes(by_flags)
+    manifest = json.loads((by_spec / "manifest.json").read_text())
+    assert manifest["cohort"] == "tcga_kirc"
+    assert manifest["counts"]["patients"] == 345 and len(manifest["splits"]["folds"]) == 15
