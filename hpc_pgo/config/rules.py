@@ -35,6 +35,7 @@ NULLABLE = frozenset(
         "cluster.parallel", "cluster.partition", "cluster.account", "cluster.qos",
         "cluster.constraint", "cluster.mem_gb", "deepspeed.train_micro_batch_size_per_gpu",
         "model.name", "model.genomic.mlp_a_weights", "model.image.out", "balance.mode",
+        "model.genomic.rna_snn.hidden", "model.genomic.rna_snn.dropout",
         "train.steps_per_checkpoint", "train.stop_after_steps", "train.stop_after_minutes",
     }
 )  # fmt: skip
@@ -70,10 +71,14 @@ LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "train.stop_after_minutes": (0, True),
     "train.num_workers": (0, False),
     "train.shuffle_buffer": (1, False),
+    "train.val_fraction": (0, False),
+    "model.genomic.rna_input_dropout": (0, False),
+    "model.genomic.rna_pcs": (0, False),
     "balance.alpha": (0, False),
     "balance.start_epoch": (0, False),
     "balance.end_epoch": (0, False),
     "cluster.parallel": (1, False),
+    "cluster.folds_per_process": (1, False),
     "cluster.threads_per_fold": (1, False),
     "cluster.cpus_per_task": (1, False),
     "cluster.nodes": (1, False),
@@ -268,6 +273,23 @@ def _check_modalities(cfg: DictConfig) -> None:
         )
 
 
+# Shares and rates: below 1 (their lower bound, 0, is in LOWER_BOUNDS); key -> what it is.
+BELOW_ONE: dict[str, str] = {
+    "train.val_fraction": "the share of each fold's train patients held out for validation; 0 = none",
+    "model.genomic.rna_input_dropout": "the dropout rate on the RNA values; 0 = none",
+}
+
+
+def _check_below_one(cfg: DictConfig) -> None:
+    """Each BELOW_ONE key present is a number in [0, 1) (1 would hold out or drop everything)."""
+    for key, what in BELOW_ONE.items():
+        present, value = _present(cfg, key)
+        if present and _is_number(value) and value >= 1:
+            raise PgoError(
+                f"{key}={_shown(value)} is not valid; valid: a number in [0, 1) ({what})"
+            )
+
+
 def _check_local_nodes(cfg: DictConfig) -> None:
     """The local executor runs one fold on this one machine: cluster.nodes is 1."""
     if cfg.cluster.kind == "local" and cfg.cluster.nodes != 1:
@@ -400,6 +422,7 @@ _STEPS: tuple[Callable[[DictConfig], None], ...] = (
     _derive_balance_mode,
     _check_choices,
     _check_bounds,
+    _check_below_one,
     _check_booleans,
     _check_name,
     _check_modalities,

@@ -5,10 +5,16 @@
     G  = MLP_B([G1 || G2])                  (B, mlp_b.out)
 
 RNA encoders (model.genomic.rna_encoder), the rows of the paper's ablation (Table 3):
-    snn         RNA values through their own SNN (same widths as the CNV/mutation SNN): Exp. 1
+    snn         RNA values through their own SNN (widths model.genomic.rna_snn): Exp. 1
     scgpt       a precomputed scGPT embedding read from the batch, as is ("w/o smooth"): Exp. 2-3
     scgpt_mlpa  that embedding through the frozen, mix-up pretrained MLP-A ("w/ smooth"): Exp. 4-6
     none        no RNA input
+
+The RNA SNN's front end (rna_encoder=snn), in this order, each off by default:
+    rna_input_dropout p   Dropout(p) on the RNA values (whole genes zeroed in training)
+    rna_pcs k             the values projected on the first k principal components of the fold's
+                          TRAIN patients, whitened (RnaProjection; fitted by the fold loop through
+                          GenomicEncoder.fit_rna_projection, never on validation or test patients)
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from hpc_pgo.models.weights import one_line, read_state_dict
 
 __all__ = [
     "SNN",
+    "RnaProjection",
     "MLP",
     "GenomicEncoder",
     "FrozenMLPA",
@@ -132,6 +139,52 @@ class FrozenMLPA(nn.Module):
             return self.mlp(x)
 
 
+class RnaProjection(nn.Module):
+    """x (B, F) -> (B, k): whitened principal components z = (x - mean) V_k / s_k * sqrt(n - 1).
+
+    mean (F,), V_k (F, k) and s_k (k,) come from the SVD of the centred (n, F) matrix of the
+    training patients (one row per patient), so that each component has unit variance over them
+    (the SNN expects unit-scale inputs). They are buffers: saved with the model and its
+    checkpoints, never trained. Until fit() is called they are zero and forward raises PgoError.
+    k = min(pcs, n - 1, F) after fit (a component beyond the data's rank carries nothing).
+    """
+
+    def __init__(self, in_dim: int, pcs: int):
+        super().__init__()
+        self.in_dim, self.pcs = in_dim, pcs
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("basis", torch.zeros(in_dim, pcs))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.out_dim = pcs
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """Fit on x (n, in_dim): the training patients' values, one row per patient, n >= 2."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if x.ndim != 2 or x.shape[1] != self.in_dim or x.shape[0] < 2:
+            raise PgoError(
+                f"RNA projection: fit needs (n >= 2, {self.in_dim}) values, got {tuple(x.shape)}"
+            )
+        mean = x.mean(0)
+        _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(self.pcs, int((s > 1e-8 * s[0]).sum()))
+        scale = torch.zeros(self.pcs, dtype=torch.float64)
+        scale[:k] = (x.shape[0] - 1) ** 0.5 / s[:k]
+        basis = torch.zeros(self.in_dim, self.pcs, dtype=torch.float64)
+        basis[:, :k] = vt[:k].T * scale[:k]
+        self.mean.copy_(mean)
+        self.basis.copy_(basis)
+        self.fitted.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise PgoError(
+                "model.genomic.rna_pcs > 0 but the RNA projection was never fitted; valid: "
+                "GenomicEncoder.fit_rna_projection(training patients' RNA) before use"
+            )
+        return (x - self.mean.to(x.dtype)) @ self.basis.to(x.dtype)
+
+
 class RnaInput(nn.Module):
     """One RNA encoder applied to one batch field: (B, d_field) -> (B, out_dim)."""
 
@@ -154,9 +207,18 @@ def _field_dim(feature_dims: Mapping[str, int], field: str, why: str) -> int:
 
 
 def _rna_snn(cfg: Mapping, feature_dims: Mapping[str, int]) -> RnaInput:
+    """[Dropout(rna_input_dropout)] -> [RnaProjection(rna_pcs)] -> SNN(rna_snn) on the RNA values."""
     field = cfg["rna_group"]
-    snn = SNN(_field_dim(feature_dims, field, "model.genomic.rna_encoder=snn"), **cfg["snn"])
-    return RnaInput(field, "model.genomic.rna_group", snn, snn.out_dim)
+    width = _field_dim(feature_dims, field, "model.genomic.rna_encoder=snn")
+    stages: list[nn.Module] = []
+    if cfg["rna_input_dropout"] > 0:
+        stages.append(nn.Dropout(cfg["rna_input_dropout"]))
+    if cfg["rna_pcs"] > 0:
+        stages.append(RnaProjection(width, cfg["rna_pcs"]))
+        width = cfg["rna_pcs"]
+    snn = SNN(width, **cfg["rna_snn"])
+    encoder = nn.Sequential(*stages, snn) if stages else snn
+    return RnaInput(field, "model.genomic.rna_group", encoder, snn.out_dim)
 
 
 def _rna_scgpt(cfg: Mapping, feature_dims: Mapping[str, int]) -> RnaInput:
@@ -211,6 +273,20 @@ class GenomicEncoder(nn.Module):
         in_dim = (self.snn.out_dim if self.snn else 0) + (self.rna.out_dim if self.rna else 0)
         self.mlp_b = mlp_from_cfg(in_dim, cfg["mlp_b"])
         self.out_dim = self.mlp_b.out_dim
+
+    @property
+    def rna_projection(self) -> RnaProjection | None:
+        """The RNA SNN's PCA front end (model.genomic.rna_pcs > 0), or None."""
+        if self.rna is None:
+            return None
+        return next((m for m in self.rna.modules() if isinstance(m, RnaProjection)), None)
+
+    def fit_rna_projection(self, values: torch.Tensor) -> None:
+        """Fit the RNA front end's principal components on the training patients' RNA values
+        (n, F), one row per patient, as the loader serves them (z-scored). Only on training
+        patients: the fold loop calls it; a no-op without rna_pcs."""
+        if self.rna_projection is not None:
+            self.rna_projection.fit(values)
 
     @property
     def fields(self) -> dict[str, str]:

@@ -12,6 +12,9 @@ any other key is refused):
         groups: [cnv, mut]        omics groups (batch keys) concatenated into the SNN; may be []
         snn: {hidden: [64, 48, 32, 32], dropout: 0.25}
         rna_encoder: snn          snn | scgpt | scgpt_mlpa | none          (RNA_ENCODERS)
+        rna_snn: {hidden: null, dropout: null}   the RNA SNN (rna_encoder=snn); null: snn's value
+        rna_input_dropout: 0.0    Dropout on the RNA values before the RNA SNN; 0 = none
+        rna_pcs: 0                RNA projected on k train-patient principal components; 0 = off
         rna_group: rna            batch key of the RNA values (rna_encoder=snn)
         rna_embedding_field: rna_emb  batch key of the scGPT embedding (scgpt, scgpt_mlpa)
         mlp_a_weights: null       MLP-A state dict (required by scgpt_mlpa; frozen)
@@ -58,6 +61,9 @@ DEFAULTS: dict = {
         "groups": ["cnv", "mut"],
         "snn": {"hidden": [64, 48, 32, 32], "dropout": 0.25},
         "rna_encoder": "snn",
+        "rna_snn": {"hidden": None, "dropout": None},  # null: the value of snn
+        "rna_input_dropout": 0.0,
+        "rna_pcs": 0,
         "rna_group": "rna",
         "rna_embedding_field": "rna_emb",
         "mlp_a_weights": None,
@@ -106,6 +112,16 @@ _VALUE_RULES = {
         "a non-empty list of positive integers",
     ),
     "genomic.snn.dropout": (_is_rate, "a number in [0, 1)"),
+    "genomic.rna_snn.hidden": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_count, v)),
+        "a non-empty list of positive integers",
+    ),
+    "genomic.rna_snn.dropout": (_is_rate, "a number in [0, 1)"),
+    "genomic.rna_input_dropout": (_is_rate, "a number in [0, 1)"),
+    "genomic.rna_pcs": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an integer >= 0 (0 = no projection)",
+    ),
     **{
         f"genomic.{mlp}.{key}": rule
         for mlp in ("mlp_a", "mlp_b")
@@ -152,6 +168,9 @@ def resolve_model_cfg(model_cfg: Mapping | DictConfig) -> dict:
         else model_cfg
     )
     cfg = _merge(DEFAULTS, given or {}, "model")
+    for key, value in cfg["genomic"]["rna_snn"].items():  # null: the same as the omics SNN's
+        if value is None:
+            cfg["genomic"]["rna_snn"][key] = copy.deepcopy(cfg["genomic"]["snn"][key])
     for path, (ok, valid) in _VALUE_RULES.items():
         value = cfg
         for part in path.split("."):

@@ -58,19 +58,26 @@ def project(train: np.ndarray, test: np.ndarray, pcs: int) -> tuple[np.ndarray, 
 
 
 def patient_matrix(
-    shards: Path | str, fold: int, split: str, groups: Sequence[str], standardizer
+    shards: Path | str,
+    fold: int,
+    split: str,
+    groups: Sequence[str],
+    standardizer,
+    holdout: Sequence[str] = (),
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """The standardised omics of `groups` for the patients of (fold, split), one row each.
 
+    split: train | val | test; holdout: the fold's train patients held out for validation
+    (hpc_pgo.data.loader.open_fold), which "train" then leaves out and "val" serves.
     Returns x: (P, F) float64 and a frame with columns patient, time, event (P rows, sorted by
     patient id so that the order does not depend on the shard layout).
     """
     from hpc_pgo.data.loader import make_loader, open_fold
 
-    data = open_fold(shards, fold)
+    data = open_fold(shards, fold, holdout)
     loader = make_loader(
         shards, fold, split, batch_size=data.units(split), groups=list(groups), image_size=None,
-        standardizer=standardizer, shuffle_buffer=1,
+        standardizer=standardizer, shuffle_buffer=1, holdout=tuple(holdout),
     )  # fmt: skip
     (batch,) = list(loader)
     x = np.concatenate([batch[g].numpy() for g in groups], axis=1).astype(np.float64)

@@ -16,12 +16,15 @@ process); it knows nothing of Slurm. What it writes, in ``RUN_DIR/fold_<k>/``:
                        train.steps_per_checkpoint steps when set, when a budget runs out, at the end;
                        only the newest is kept
     predictions.csv    patient, unit, hazard (theta, log hazard, higher = worse), time, event: one
-                       row per test unit, from the FINAL model (no model selection on the test split);
+                       row per test unit, from the FINAL model, or with train.val_fraction > 0 from
+                       the weights of the epoch chosen on validation patients (never on the test split);
                        with a concat head on both modalities also hazard_genomic, hazard_image:
                        the branch parts theta^G, theta^P (hazard = their sum)
     metrics.json       fold C-index (patients' mean hazard, Harrell) and, with the branch parts,
                        cindex_genomic / cindex_image (each part scored alone, same protocol); loss
-                       per epoch, wall time, config_digest; written LAST: it marks the fold complete
+                       per epoch, wall time, config_digest; with validation also chosen_epoch,
+                       chosen_step, val_cindex, val_cindex_per_epoch, n_val_patients/units/events;
+                       written LAST: it marks the fold complete
     error.txt          on a failure inside training (NaN loss, bad input): one line, then details
 
 The loop, per epoch e: ``make_loader(split="train", epoch=e, rank, world_size)`` (the stream is
@@ -29,6 +32,14 @@ fixed by (seed, epoch, rank, world size, batch size)), ``Engine.train_step`` per
 every step the torch RNG is seeded from (seed, fold, step, rank), so dropout masks depend on the
 step, not on the history of the process: a run resumed from a checkpoint at (epoch, batch) skips
 the batches already done and continues bit for bit as the uninterrupted run would.
+
+Validation (train.val_fraction > 0, hpc_pgo.train.validation): a seeded, event-stratified share
+of the fold's train patients is held out (not trained on, not in the z-score statistics). After
+every epoch each rank scores its share of their units (like the test pass) and the rows are
+gathered on every rank, so every rank computes the same Harrell's C and makes the same choice;
+the weights of the best epoch so far are kept in memory and in every checkpoint's client state
+(with the validation curve), so a resumed fold chooses exactly as an uninterrupted one. The test
+predictions come from those weights.
 
 Budgets (train.stop_after_steps, train.stop_after_minutes, or ``request_stop()`` from a signal
 handler) end a call early: the fold checkpoints and returns ``{"status": "stopped", ...}``; the
@@ -245,6 +256,10 @@ class FoldLog:
             if key != "step" and math.isfinite(value):
                 self.tb.add_scalar(f"train/{key}", value, step)
 
+    def scalar(self, tag: str, value: float | None, step: int) -> None:
+        if self.enabled and value is not None and math.isfinite(value):
+            self.tb.add_scalar(tag, value, step)
+
     def close(self) -> None:
         if self.csv is not None:
             self.csv.close()
@@ -264,8 +279,18 @@ def _fold_inputs(cfg: DictConfig, fold: int):
     """
     from hpc_pgo.data.loader import open_fold
     from hpc_pgo.models import build_model
+    from hpc_pgo.train.validation import validation_patients
 
-    data = open_fold(Path(str(cfg.data.shards)), fold)
+    shards = Path(str(cfg.data.shards))
+    data = open_fold(shards, fold)
+    fraction = float(OmegaConf.select(cfg, "train.val_fraction", default=0.0) or 0.0)
+    if fraction > 0:
+        events = {p: r.get("event") for p, r in data.manifest["patients"].items()}
+        held = validation_patients(
+            data.train, {p: e for p, e in events.items() if e is not None}, fraction,
+            seed=int(cfg.seed), fold=fold,
+        )  # fmt: skip
+        data = open_fold(shards, fold, held)
     embedded = dict(getattr(data, "embeddings", {}))  # field -> width, from `pgo-shards embed-rna`
     feature_dims = {**{group: len(names) for group, names in data.groups.items()}, **embedded}
     uses_image = "image" in cfg.model.modalities
@@ -292,6 +317,28 @@ def _standardizer(data, groups: list[str], out: Path, is_main: bool):
         Standardizer.fit(data.shard_dir, data.train, groups).save(path)
     _barrier()
     return Standardizer.load(path)
+
+
+def _fit_rna_projection(model, data, standardizer, is_main: bool) -> None:
+    """model.genomic.rna_pcs > 0: rank 0 fits the RNA principal components on the fold's
+    training patients (validation patients excluded; one z-scored row per patient) and every
+    rank takes its buffers. A resumed fold fits them again and the checkpoint's copy, the same
+    values, replaces them."""
+    genomic = getattr(model, "genomic", None)
+    projection = None if genomic is None else genomic.rna_projection
+    if projection is None:
+        return
+    from hpc_pgo.train.coxph import patient_matrix
+
+    state = None
+    if is_main:
+        field = genomic.rna.field
+        values, _ = patient_matrix(
+            data.shard_dir, data.fold, "train", [field], standardizer, holdout=data.val
+        )
+        genomic.fit_rna_projection(torch.from_numpy(values))
+        state = projection.state_dict()
+    projection.load_state_dict(_from_rank0(state))
 
 
 def _clear_fold(out: Path) -> None:
@@ -368,8 +415,11 @@ def _train_fold(
 
     data, model, fields, image_size = inputs
     standardizer = _standardizer(data, fields["groups"], out, env.is_main)
+    _fit_rna_projection(model, data, standardizer, env.is_main)
     # only when asked for: make_loader takes `embeddings` since `pgo-shards embed-rna` exists
     extra = {"embeddings": fields["embeddings"]} if fields["embeddings"] else {}
+    if data.val:  # the train split without, and a "val" split of, the held-out patients
+        extra["holdout"] = data.val
     world, rank = env.world_size, env.rank
     micro = int(cfg.train.batch_size) // world
     seed, epochs = int(cfg.seed), int(cfg.train.epochs)
@@ -395,6 +445,7 @@ def _train_fold(
 
     resume_digest = config_digest(cfg, exclude=RESUME_EXCLUDE)
     epoch, batch_index, wall_before, calls = 0, 0, 0.0, 1
+    selection = EpochSelection(enabled=bool(data.val))
     if resuming:
         state = engine.load(ckpt_dir)
         if state.get("config_digest") != resume_digest:
@@ -410,6 +461,7 @@ def _train_fold(
             )
         epoch, batch_index = int(state["epoch"]), int(state["batch"])
         wall_before, calls = float(state["wall_s"]), int(state["calls"]) + 1
+        selection.restore(state)
         if env.is_main:
             _truncate_modulation(out / MODULATION, engine.global_step)
         log.info(
@@ -424,7 +476,7 @@ def _train_fold(
         state = {
             "epoch": next_epoch, "batch": next_batch, "config_digest": resume_digest,
             "world_size": world, "wall_s": wall_before + time.monotonic() - started,
-            "calls": calls, "fold": fold,
+            "calls": calls, "fold": fold, **selection.state(),
         }  # fmt: skip
         tag = engine.save(ckpt_dir, client_state=state)
         if env.is_main:
@@ -453,6 +505,10 @@ def _train_fold(
                     budget_s is not None and time.monotonic() - started >= budget_s
                 )
                 last_of_epoch = at[1] == 0
+                if last_of_epoch and selection.enabled:  # collective: every rank scores its share
+                    value = _validation_cindex(engine, loader, fold)
+                    selection.record(epoch, value, engine)
+                    fold_log.scalar("val/cindex", value, engine.global_step)
                 periodic = (
                     last_of_epoch
                     and ((epoch + 1) % int(cfg.train.checkpoint_every) == 0 or at[0] == epochs)
@@ -482,6 +538,8 @@ def _train_fold(
         bar.close()
         fold_log.close()
 
+    if selection.enabled:  # the test predictions come from the epoch chosen on validation
+        engine.ds.module.load_state_dict(selection.best_state)
     predictions = _predict(engine, loader, fold)
     metrics = None
     if env.is_main:
@@ -495,8 +553,83 @@ def _train_fold(
             env,
             wall_before + time.monotonic() - started,
             calls,
+            selection.metrics(data) if selection.enabled else {},
         )
     return _from_rank0(metrics)
+
+
+class EpochSelection:
+    """The validation curve and the weights of the epoch it chooses (hpc_pgo.train.validation).
+
+    record(epoch, value, engine) after each epoch: appends value to the curve and, when
+    choose_epoch picks this epoch, keeps a CPU copy of the module's weights. state() is what a
+    checkpoint carries (the curve, the chosen epoch and step, those weights), restore() reads it
+    back, so a resumed fold continues the same curve and chooses the same epoch.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.curve: list[float | None] = []
+        self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def record(self, epoch: int, value: float | None, engine) -> None:
+        from hpc_pgo.train.validation import choose_epoch
+
+        if epoch != len(self.curve):
+            raise PgoError(f"validation of epoch {epoch} after {len(self.curve)} recorded epochs")
+        self.curve.append(value)
+        if choose_epoch(self.curve) == epoch:
+            self.best_epoch, self.best_step = epoch, engine.global_step
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in engine.ds.module.state_dict().items()
+            }
+
+    def state(self) -> dict:
+        if not self.enabled:
+            return {}
+        return {
+            "val_cindex": list(self.curve),
+            "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.curve = list(state.get("val_cindex", []))
+        self.best_epoch, self.best_step = state.get("best_epoch"), state.get("best_step")
+        self.best_state = state.get("best_state")
+
+    def metrics(self, data) -> dict:
+        """metrics.json's validation keys."""
+        manifest = data.manifest["patients"]
+        return {
+            "chosen_epoch": self.best_epoch,
+            "chosen_step": self.best_step,
+            "val_cindex": self.curve[self.best_epoch],
+            "val_cindex_per_epoch": list(self.curve),
+            "n_val_patients": len(data.val),
+            "n_val_units": sum(int(manifest[p]["units"]) for p in data.val),
+            "n_val_events": sum(int(manifest[p]["event"]) for p in data.val),
+        }
+
+
+def _validation_cindex(engine, loader, fold: int) -> float | None:
+    """Harrell's C (patients' mean hazard) of the current weights on the validation patients;
+    None when they have no comparable pair. Collective, like the test pass."""
+    import pandas as pd
+
+    from hpc_pgo.survival import fold_cindex
+
+    rows = _predict(engine, loader, fold, split="val")
+    frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event"])
+    try:
+        return float(fold_cindex(frame, where=f"fold {fold} validation"))
+    except PgoError:
+        return None
 
 
 def _progress(enabled: bool, total: int, initial: int, fold: int):
@@ -513,10 +646,10 @@ def _progress(enabled: bool, total: int, initial: int, fold: int):
 
 
 @torch.no_grad()
-def _predict(engine, loader, fold: int) -> list[dict]:
-    """theta of every test unit once (each rank its share), gathered on every rank."""
+def _predict(engine, loader, fold: int, split: str = "test") -> list[dict]:
+    """theta of every unit of `split` (test, val) once (each rank its share), gathered on every rank."""
     rows = []
-    for batch in loader("test", 0, _TEST_BATCH):
+    for batch in loader(split, 0, _TEST_BATCH):
         if not batch["key"]:
             continue
         outputs = {k: v.cpu().double().tolist() for k, v in engine.eval_outputs(batch).items()}
@@ -539,7 +672,16 @@ def _predict(engine, loader, fold: int) -> list[dict]:
 
 
 def _finish(
-    out: Path, rows: list[dict], cfg, fold, digest, engine, env, wall_s: float, calls: int
+    out: Path,
+    rows: list[dict],
+    cfg,
+    fold,
+    digest,
+    engine,
+    env,
+    wall_s: float,
+    calls: int,
+    validation: Mapping[str, Any],
 ) -> dict:
     """Rank 0: predictions.csv, then metrics.json (last: it marks the fold complete)."""
     import pandas as pd
@@ -584,6 +726,7 @@ def _finish(
         "device": env.device.type,
         "dtype": str(engine.compute_dtype).replace("torch.", ""),
         "config_digest": digest,
+        **validation,
     }
     tb_dir = out / TENSORBOARD
     from torch.utils.tensorboard import SummaryWriter

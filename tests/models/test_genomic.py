@@ -1,7 +1,9 @@
-"""SNN and MLP: parameter counts by hand, initialisation statistics, shapes, weight loading."""
+"""SNN and MLP: parameter counts by hand, initialisation statistics, shapes, weight loading;
+the RNA SNN's front end (input dropout, train-fitted principal components, its own widths)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -89,3 +91,96 @@ def test_mlp_weights_of_wrong_shape_or_missing_file(tmp_path):
         load_mlp_weights(MLP(32, 8, 4), path, "model.genomic.mlp_a_weights")
     with pytest.raises(PgoError, match="no such file"):
         load_mlp_weights(MLP(16, 8, 4), tmp_path / "absent.pt", "model.genomic.mlp_a_weights")
+
+
+# --------------------------------------------------------------------------- the RNA front end
+
+
+def _rna_cfg(**genomic) -> dict:
+    """The resolved genomic config of a model with RNA only (rna_snn's nulls filled in)."""
+    from hpc_pgo.models.survival import resolve_model_cfg
+
+    given = {"modalities": ["genomic"], "genomic": {"groups": [], **genomic}}
+    return resolve_model_cfg(given)["genomic"]
+
+
+def test_rna_projection_gives_whitened_principal_components_of_the_fitted_rows():
+    from hpc_pgo.models.genomic import RnaProjection
+    from hpc_pgo.train.coxph import project
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(40, 12)) @ rng.normal(size=(12, 12)) + 3.0
+    other = rng.normal(size=(7, 12))
+    proj = RnaProjection(12, 5)
+    proj.fit(torch.from_numpy(train))
+    z = proj(torch.from_numpy(train).float()).double().numpy()
+    # unit variance, uncorrelated, centred over the rows it was fitted on
+    np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(5), atol=1e-4)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    # the same components as the CoxPH reference's PCA (coxph.project), up to sign and scale
+    ref_train, ref_other = project(train, other, 5)
+    scale = ref_train.std(0, ddof=1)
+    got = proj(torch.from_numpy(other).float()).double().numpy()
+    np.testing.assert_allclose(np.abs(got), np.abs(ref_other / scale), rtol=1e-3, atol=1e-3)
+    # buffers: in the state dict (saved with checkpoints), not parameters (never trained)
+    assert set(proj.state_dict()) == {"mean", "basis", "fitted"} and not list(proj.parameters())
+
+
+def test_rna_projection_must_be_fitted_and_pads_components_beyond_the_rank():
+    from hpc_pgo.models.genomic import RnaProjection
+
+    proj = RnaProjection(6, 4)
+    with pytest.raises(PgoError, match="never fitted"):
+        proj(torch.zeros(2, 6))
+    with pytest.raises(PgoError, match=r"fit needs \(n >= 2, 6\)"):
+        proj.fit(torch.zeros(1, 6))
+    proj.fit(torch.randn(3, 6, dtype=torch.float64))  # rank 2 after centring
+    out = proj(torch.randn(5, 6))
+    assert out.shape == (5, 4) and torch.count_nonzero(out[:, 2:]) == 0
+
+
+def test_rna_snn_front_end_options_build_what_they_say():
+    from hpc_pgo.models.genomic import GenomicEncoder, RnaProjection
+
+    plain = GenomicEncoder(_rna_cfg(), {"rna": 30})
+    assert isinstance(plain.rna.encoder, SNN) and plain.rna_projection is None
+    assert [b[0].out_features for b in plain.rna.encoder.net] == [64, 48, 32, 32]
+    plain.fit_rna_projection(torch.zeros(4, 30))  # nothing to fit: a no-op
+    # rna_snn's null keys take the omics SNN's values (snn.dropout=0 turns off both)
+    inherits = GenomicEncoder(_rna_cfg(snn={"hidden": [8], "dropout": 0.0}), {"rna": 30})
+    assert [b[0].out_features for b in inherits.rna.encoder.net] == [8]
+    assert inherits.rna.encoder.net[0][2].p == 0.0
+
+    cfg = _rna_cfg(rna_input_dropout=0.5, rna_pcs=8, rna_snn={"hidden": [16], "dropout": 0.1})
+    enc = GenomicEncoder(cfg, {"rna": 30})
+    dropout, projection, snn = enc.rna.encoder
+    assert isinstance(dropout, nn.Dropout) and dropout.p == 0.5
+    assert isinstance(projection, RnaProjection) and enc.rna_projection is projection
+    assert snn.net[0][0].in_features == 8 and snn.out_dim == 16 and snn.net[0][2].p == 0.1
+    assert enc.mlp_b.in_dim == 16
+    values = torch.randn(20, 30, dtype=torch.float64)
+    enc.fit_rna_projection(values)
+    enc.eval()
+    g = enc({"rna": values.float()})
+    assert g.shape == (20, enc.out_dim) and torch.isfinite(g).all()
+    enc.train()  # input dropout: whole genes zeroed in training only
+    assert not torch.equal(enc.rna.encoder[0](values), values)
+
+
+@pytest.mark.parametrize(
+    ("genomic", "message"),
+    [
+        ({"rna_pcs": -1}, r"model.genomic.rna_pcs=-1 is not valid; valid: an integer >= 0"),
+        ({"rna_input_dropout": 1.0}, r"rna_input_dropout=1.0 is not valid; valid: .*\[0, 1\)"),
+        ({"rna_snn": {"hidden": []}}, r"rna_snn.hidden=\[\] is not valid"),
+    ],
+)
+def test_rna_front_end_values_are_checked(genomic, message):
+    from hpc_pgo.models import build_model
+
+    with pytest.raises(PgoError, match=message):
+        build_model(
+            {"modalities": ["genomic"], "genomic": genomic},
+            feature_dims={"cnv": 4, "mut": 2, "rna": 8},
+            image_size=None,
+        )
