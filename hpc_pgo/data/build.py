@@ -8,7 +8,9 @@ Order of work, so that bad input fails before anything is written:
    the number of workers (omics-only cohorts are encoded in-process: see write_shards);
 3. the samples go through webdataset.ShardWriter (fixed mtime, owner and mode: the same
    inputs give byte-identical tars) into `.<out>.tmp-<pid>` beside the output directory;
-4. splits over the patients that made it into the shards, manifest.json, then rename.
+4. splits over the patients that made it into the shards, manifest.json (each shard's entry
+   lists its patients and their units), verified.json (the shards' sha256 with their sizes
+   and mtimes: the set is verified as built), then rename.
 On any error the temporary directory is removed and nothing is left at the output path; an
 OSError on the way (read-only file system, disk full) becomes one PgoError line (output_error).
 """
@@ -45,9 +47,12 @@ from hpc_pgo.data.shards import (
     SCHEMA_VERSION,
     SHARD_GLOB,
     SHARD_PATTERN,
+    patient_runs,
     sha256_file,
     shard_record,
+    verified_entry,
     write_manifest,
+    write_verified,
 )
 from hpc_pgo.data.splits import SPLITTERS, read_split_table, restrict, split_source
 from hpc_pgo.errors import PgoError
@@ -569,6 +574,20 @@ def _image_manifest(images: Mapping | None, fmt: str | None, sizes: set) -> dict
     }
 
 
+def _shard_entry(path: Path, held: Mapping[str, list[str]]) -> dict:
+    """The manifest entry of a written shard: shard_record plus `patients`, [[patient, units],
+    ...] in sample order (a patient may continue in the next shard), which lets a loader rank
+    choose its shards from the manifest without reading them."""
+    record = shard_record(path)
+    runs = patient_runs(held.get(path.name, []))
+    if sum(n for _, n in runs) != record["samples"]:  # the writer and the file disagree: a bug
+        raise PgoError(
+            f"shard {path}: {record['samples']} samples on disk, {sum(n for _, n in runs)} "
+            "written; the build's shard layout is inconsistent"
+        )
+    return {**record, "patients": runs}
+
+
 def write_shards(
     inputs: Inputs,
     spec: Mapping,
@@ -584,6 +603,7 @@ def write_shards(
     dropped = list(inputs.dropped)
     sizes: set = set()
     units = 0
+    held: dict[str, list[str]] = {}  # shard name -> the patient of each of its samples, in order
     pattern = str(directory).replace("%", "%%") + "/" + SHARD_PATTERN
     hold = Hold.from_env("build")  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
     if spec["images"] is None:
@@ -611,6 +631,7 @@ def write_shards(
         for done, (task, result) in enumerate(prepared, start=1):
             for sample in result.samples:
                 sink.write(sample)
+                held.setdefault(Path(sink.fname).name, []).append(task.patient)
             dropped += result.dropped
             sizes |= result.sizes
             if result.samples:
@@ -655,7 +676,7 @@ def write_shards(
             "events": sum(p["event"] for p in patients.values()),
         },
         "patients": patients,
-        "shards": [shard_record(p) for p in sorted(directory.glob(SHARD_GLOB))],
+        "shards": [_shard_entry(p, held) for p in sorted(directory.glob(SHARD_GLOB))],
         "splits": split_record,
         "dropped": sorted(dropped, key=lambda d: (d["patient"] or "", d["unit"] or "")),
         "missing": spec["missing"],
@@ -702,6 +723,10 @@ def build_cohort(
             shard_max_count=shard_max_count,
         )
         write_manifest(tmp, manifest)
+        # every shard was hashed as it was written: record it verified (rename(2) of the
+        # directory keeps the files' sizes and mtimes, so the record holds at `out`)
+        entries = [verified_entry(tmp / s["name"], s["sha256"]) for s in manifest["shards"]]
+        write_verified(tmp, manifest, entries)
     c = manifest["counts"]
     log.info(
         "built %s: %d patients, %d units, %d shards, %d dropped",

@@ -4,8 +4,9 @@ A shard set (format: shards/README.md, written by `pgo-shards build`) holds one 
 unit keyed `<patient>__<unit>`. For one fold, one split and one rank of W, `make_loader` returns a
 torch DataLoader (wrapped in FoldLoader) over a webdataset DataPipeline of small named stages::
 
-    batch numbers of this rank        the plan (plan_train / plan_test): which keys, in which
-                                      order, in which batch; computed from the shard index
+    batch numbers of this rank        the plan (plan_rank): which keys, in which order, in
+                                      which batch; computed from the manifest and the index
+                                      of the shards this rank reads
     -> wds.split_by_worker            worker w of n takes batches b = w (mod n)
     -> read_batches                   the wanted tar members of those keys, read by offset
     -> decode_batches                 PIL decode, train/test view, .npy, surv.json (decode_unit)
@@ -27,18 +28,26 @@ A batch is a dict::
                    embedding is L2-normalised and MLP-A was pretrained on exactly that)
 
 The shard index (index_shards) lists every sample's tar members with their offsets, from the tar
-headers alone; the plan is computed on keys, before any payload is read:
+headers alone; the plan (plan_rank) is computed on keys, before any payload is read. A manifest
+written by `pgo-shards build` lists each shard's patients with their units (shards/README.md), so
+a rank's share is known from the manifest alone and the rank indexes only the shards holding it
+(shard assignment, when world_size W > 1 and at least W shards hold units of the split); a set
+built before that field, W = 1 or fewer shards than ranks index every shard instead:
 
-- train (epoch e, seed s): shards are taken in an order permuted by (s, e); of the N train units
-  a seeded choice of W * n * B is kept and dealt round-robin to the ranks, n = (N // W) // B, so
-  every rank yields exactly n full batches (no rank waits for another at the epoch's end; each
-  epoch leaves out a different N - W*n*B units). Each rank's units are then shuffled by
+- train (epoch e, seed s): shards are taken in an order permuted by (s, e); N train units, n =
+  (N // W) // B full batches on every rank (no rank waits for another at the epoch's end; each
+  epoch leaves out a different N - W*n*B units). With shard assignment rank r owns the
+  contiguous range [r*L, (r+1)*L), L = N // W, of the train units in that shard order (a range
+  may begin or end inside a shard) and keeps a choice of n*B of them seeded by (s, e, r)
+  (rank_share, plan_train_share); otherwise a seeded choice of W*n*B of all N units is dealt
+  round-robin to the ranks (plan_train). Each rank's units are then shuffled by
   `webdataset.shuffle` with a buffer of `shuffle_buffer` units seeded by (s, e, rank), so reads
   stay within a window of the tar stream (near-sequential on cluster file systems).
-- test: units in shard order, rank r takes the i-th unit when i = r (mod W), so the ranks visit
-  every test unit exactly once; every rank gets the same number of batches, ceil(ceil(N/W)/B),
-  its units split into near-equal consecutive batches (size <= B; a batch is empty only when a
-  rank has fewer units than batches: fewer test units than ranks, or batch_size 1).
+- test (and val): every unit exactly once over the ranks, every rank the same number of batches,
+  ceil(ceil(N/W)/B), its units split into near-equal consecutive batches (size <= B; a batch is
+  empty only when a rank has fewer units than batches). With shard assignment rank r owns units
+  [r*N // W, (r+1)*N // W) in shard order (plan_test_share); otherwise unit i in shard order
+  when i = r (mod W) (plan_test).
 
 Because batches are fixed by the plan and the DataLoader takes batch b from worker b mod n in
 turn, the stream (keys, order, batch boundaries, augmentations) depends on (seed, epoch, rank,
@@ -50,14 +59,22 @@ parses only its own members. Streaming each tar through webdataset's tar iterato
 worker, skipping the others' units, parsed every header in every worker (about 0.5 ms per unit
 each on the demo cohort, one shard of 600 units), which ate what a 2nd worker gained. What each
 process still reads whole: the tar headers for the index (512 bytes per member) and, with verify,
-each shard once for its sha256; both are cached per process by (file, size, mtime). For millions
-of tiles in thousands of shards, index only the shards a rank reads (assign shards to ranks).
+each shard once for its sha256; both are cached per process by (file, size, mtime). Under shard
+assignment a rank reads the headers of its own shards only (its share of the cohort plus at most
+two shards it shares with its neighbours) and holds the index and plan of its own units only.
+On either path no shard that verified.json vouches for is hashed: a shard set verified once (by
+the build, or by `pgo-shards verify`, which records it) is not hashed again by every rank of
+every fold. A shard
+the record does not vouch for (no record, or its size or mtime changed since) is hashed by the
+rank that reads it before it yields any of its samples, after one warning naming the set and
+`pgo-shards verify`. The record keys on size and mtime: a rewrite that keeps both is not seen
+by the loader (verify hashes everything again). hpc_pgo.data.startup measures a rank's start-up.
 
 Bad input raises PgoError naming the shard (and key): a manifest edited since it was written (its
-digest, shards.read_manifest) when the fold is opened; a shard whose size, sample count or sha256
-differs from the manifest (truncated, tampered) or whose tar headers do not parse, when the
-loader is made; a member that ends early, an image that does not decode, a sample without a
-field the caller asked for, while reading.
+digest, shards.read_manifest) when the fold is opened; a shard whose size, sample count,
+patients or sha256 differ from the manifest (truncated, tampered) or whose tar headers do not
+parse, when the loader is made (for the shards this rank reads); a member that ends early, an
+image that does not decode, a sample without a field the caller asked for, while reading.
 """
 
 from __future__ import annotations
@@ -69,9 +86,10 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -84,13 +102,25 @@ from webdataset.tariterators import base_plus_ext
 
 from hpc_pgo.atomic import write_bytes
 from hpc_pgo.data.embed_rna import EmbeddingTable, read_embeddings
-from hpc_pgo.data.shards import MANIFEST, SCHEMA_VERSION, read_manifest
+from hpc_pgo.data.shards import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    patient_of_key,
+    patient_runs,
+    read_manifest,
+    read_verified,
+    runs_problem,
+    trusted,
+)
 from hpc_pgo.data.transforms import VIEWS, decode_image, normalize
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the manifest's splits of a fold
+# what a loader serves: "val" is the fold's train patients held out for validation (open_fold's
+# holdout), read like the test split (every unit once, in shard order, the test view)
+LOADER_SPLITS = ("train", "test", "val")
 IMAGE_FORMATS = ("png", "jpg")
 _MANIFEST_KEYS = ("cohort", "groups", "image", "patients", "shards", "splits")
 _MIN_STD = 1e-8  # a feature this flat over the train patients is constant: divide by 1
@@ -112,13 +142,15 @@ def _require_keys(manifest: Mapping, shard_dir: Path) -> dict:
 
 @dataclass(frozen=True)
 class FoldData:
-    """One fold of a shard set: its train and test patients (sorted ids) and the manifest."""
+    """One fold of a shard set: its train, validation and test patients (sorted ids) and the
+    manifest. val is empty unless open_fold was given a holdout; train then excludes it."""
 
     shard_dir: Path
     fold: int
     manifest: dict = field(repr=False)
     train: tuple[str, ...]
     test: tuple[str, ...]
+    val: tuple[str, ...] = ()
 
     @property
     def groups(self) -> dict[str, list[str]]:
@@ -137,17 +169,21 @@ class FoldData:
         return {name: int(spec["dim"]) for name, spec in record.get("fields", {}).items()}
 
     def patients(self, split: str) -> tuple[str, ...]:
-        """Patients of "train" or "test"."""
-        return {"train": self.train, "test": self.test}[_check_split(split)]
+        """Patients of "train", "val" or "test"."""
+        return {"train": self.train, "val": self.val, "test": self.test}[_check_split(split)]
 
     def units(self, split: str) -> int:
         """Number of image units (samples) of the split's patients, from the manifest."""
         return sum(self.manifest["patients"][p]["units"] for p in self.patients(split))
 
 
-def open_fold(shard_dir: Path | str, fold: int) -> FoldData:
+def open_fold(shard_dir: Path | str, fold: int, holdout: Iterable[str] = ()) -> FoldData:
     """Read manifest.json and select fold `fold` (0-based) of its splits. A manifest edited
-    since it was written (its manifest_sha256 differs) or without a digest is refused."""
+    since it was written (its manifest_sha256 differs) or without a digest is refused.
+
+    holdout: train patients of the fold held out for validation: they become `val` and leave
+    `train` (a patient that is not a train patient of the fold is refused). Empty: val is ().
+    """
     shard_dir = Path(shard_dir)
     manifest = _require_keys(read_manifest(shard_dir), shard_dir)
     folds = manifest["splits"].get("folds", []) if isinstance(manifest["splits"], dict) else []
@@ -172,12 +208,24 @@ def open_fold(shard_dir: Path | str, fold: int) -> FoldData:
             f"{shard_dir / MANIFEST}: fold {fold} has patient {sorted(both)[0]!r} in "
             f"both train and test ({len(both)} such); the splits must be disjoint"
         )
-    return FoldData(shard_dir=shard_dir, fold=fold, manifest=manifest, train=train, test=test)
+    held = set(holdout)
+    stray = sorted(held - set(train))
+    if stray:
+        raise PgoError(
+            f"{shard_dir / MANIFEST}: validation patient {stray[0]!r} is not a train patient of "
+            f"fold {fold} ({len(stray)} such); valid: a subset of the fold's train patients"
+        )
+    if held:
+        train = tuple(p for p in train if p not in held)
+    return FoldData(
+        shard_dir=shard_dir, fold=fold, manifest=manifest, train=train, test=test,
+        val=tuple(sorted(held)),
+    )  # fmt: skip
 
 
 def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise PgoError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if split not in LOADER_SPLITS:
+        raise PgoError(f"split {split!r} is not one of {', '.join(LOADER_SPLITS)}")
     return split
 
 
@@ -202,36 +250,97 @@ class ShardIndex:
     members: dict[str, tuple[Member, ...]] = field(repr=False)
 
 
-def index_shards(shard_dir: Path | str, manifest: Mapping, *, verify: bool = True) -> ShardIndex:
-    """List every shard's samples, checking each file against the manifest entry.
+class TarIndexCache:
+    """Tar headers of recently indexed shards: path -> ((size, mtime_ns), samples, last call).
+
+    Entries live while their shard was indexed by one of the last `keep` index_shards calls of
+    this process (a train epoch, its val and test passes, the next epoch's train pass), so a
+    rank holds the index of the shards it reads now, not of every shard it was ever dealt (the
+    train shards of a rank change every epoch). reads counts tar files parsed (cache misses).
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.entries: dict[str, tuple[tuple[int, int], tuple, int]] = {}
+        self.calls = 0
+        self.reads = 0
+
+    def begin(self) -> None:
+        """A new index_shards call: forget the shards no call among the last `keep` indexed."""
+        self.calls += 1
+        stale = [p for p, (_, _, last) in self.entries.items() if last <= self.calls - self.keep]
+        for path in stale:
+            del self.entries[path]
+
+    def samples(self, path: str, size: int, mtime_ns: int) -> tuple:
+        """_tar_samples of the file as it is now (size, mtime_ns), from the cache when it holds it."""
+        hit = self.entries.get(path)
+        if hit is not None and hit[0] == (size, mtime_ns):
+            samples = hit[1]
+        else:
+            samples = _tar_samples(path)
+            self.reads += 1
+        self.entries[path] = ((size, mtime_ns), samples, self.calls)
+        return samples
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+TAR_INDEX = TarIndexCache()
+_WARNED: set[tuple[str, str]] = set()  # (shard set, reason) already logged by this process
+
+
+def index_shards(
+    shard_dir: Path | str,
+    manifest: Mapping,
+    *,
+    verify: bool = True,
+    names: Collection[str] | None = None,
+) -> ShardIndex:
+    """List the samples of the manifest's shards (those in `names`, default all), checking each
+    file against its manifest entry before any of its samples can be read.
 
     Checked, in this order, each naming the shard: the size equals `bytes` (else truncated or
-    replaced), the tar headers read, the sample count equals `samples`, and with verify the
-    sha256 of the whole file equals `sha256` (else tampered). Headers and digests are cached per
-    (file, size, mtime) within a process, so the next epoch's loader does not read them again.
+    replaced), the tar headers read, the sample count equals `samples`, the samples' patients
+    are the entry's `patients` runs (when the manifest has them), and with verify the sha256 of
+    the whole file equals `sha256` (else tampered). With verify, a shard that verified.json
+    vouches for (shards.trusted: the same manifest entry, size and mtime as when it was
+    verified) is not hashed; the others are, after ONE warning per shard set and reason in this
+    process saying what to run. Headers (TarIndexCache) and digests are cached per (file, size,
+    mtime) within a process, so the next epoch's loader does not read them again.
     """
     shard_dir = Path(shard_dir)
+    entries = [e for e in manifest["shards"] if names is None or e["name"] in names]
+    record, why = read_verified(shard_dir) if verify else ({}, None)
+    stats = [_shard_stat(shard_dir / entry["name"], entry) for entry in entries]
+    hashed = {
+        entry["name"]
+        for entry, stat in zip(entries, stats, strict=True)
+        if verify and not trusted(record, entry, stat)
+    }
+    if hashed:
+        first = next(e for e in entries if e["name"] in hashed)
+        reason = why or f"{first['name']} ({len(hashed)} such) changed since it was verified"
+        if (str(shard_dir), reason) not in _WARNED:
+            _WARNED.add((str(shard_dir), reason))
+            log.warning(
+                "shard set %s is not recorded as verified: %s; hashing the %d shard(s) this "
+                "process reads before reading them (run `pgo-shards verify %s` once to check "
+                "them all and record it)",
+                shard_dir, reason, len(hashed), shard_dir,
+            )  # fmt: skip
+    TAR_INDEX.begin()
     shards, shard_of, patient_of, members = [], {}, {}, {}
-    for entry in manifest["shards"]:
+    for entry, stat in zip(entries, stats, strict=True):
         path = shard_dir / entry["name"]
-        try:
-            stat = path.stat()
-        except OSError as exn:
-            raise PgoError(
-                f"shard {path}: listed in {MANIFEST} but cannot be read ({exn.strerror})"
-            ) from exn
-        if stat.st_size != entry["bytes"]:
-            raise PgoError(
-                f"shard {path}: {stat.st_size} bytes, the manifest says {entry['bytes']} "
-                f"(truncated or replaced); rebuild it or run `pgo-shards verify`"
-            )
-        samples = _tar_samples(str(path), stat.st_size, stat.st_mtime_ns)
+        samples = TAR_INDEX.samples(str(path), stat.st_size, stat.st_mtime_ns)
         if len(samples) != entry["samples"]:
             raise PgoError(
                 f"shard {path}: {len(samples)} samples, the manifest says "
                 f"{entry['samples']}; rebuild it or run `pgo-shards verify`"
             )
-        if verify:
+        if entry["name"] in hashed:
             digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
             if digest != entry["sha256"]:
                 raise PgoError(
@@ -239,6 +348,7 @@ def index_shards(shard_dir: Path | str, manifest: Mapping, *, verify: bool = Tru
                     f"manifest's {entry['sha256'][:16]}... (tampered or replaced); "
                     f"rebuild it or run `pgo-shards verify`"
                 )
+        order = []
         for key, key_members in samples:
             if key in shard_of:
                 raise PgoError(
@@ -252,17 +362,35 @@ def index_shards(shard_dir: Path | str, manifest: Mapping, *, verify: bool = Tru
                     f"(keys are '<patient>__<unit>' or '<patient>')"
                 )
             shard_of[key], patient_of[key], members[key] = entry["name"], patient, key_members
+            order.append(patient)
+        if "patients" in entry and (problem := runs_problem(patient_runs(order), entry)):
+            raise PgoError(f"shard {path}: {problem}; rebuild it or run `pgo-shards verify`")
         shards.append((entry["name"], tuple(key for key, _ in samples)))
     return ShardIndex(
         shards=tuple(shards), shard_of=shard_of, patient_of=patient_of, members=members
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _tar_samples(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, tuple[Member, ...]], ...]:
+def _shard_stat(path: Path, entry: Mapping) -> os.stat_result:
+    """The shard's stat, after checking that it is there with the manifest's size."""
+    try:
+        stat = path.stat()
+    except OSError as exn:
+        raise PgoError(
+            f"shard {path}: listed in {MANIFEST} but cannot be read ({exn.strerror})"
+        ) from exn
+    if stat.st_size != entry["bytes"]:
+        raise PgoError(
+            f"shard {path}: {stat.st_size} bytes, the manifest says {entry['bytes']} "
+            f"(truncated or replaced); rebuild it or run `pgo-shards verify`"
+        )
+    return stat
+
+
+def _tar_samples(path: str) -> tuple[tuple[str, tuple[Member, ...]], ...]:
     """((key, members), ...) of one tar in member order, by webdataset's naming rule (key = name
     up to the first dot, suffix = the rest, lower-cased; consecutive members with one key form a
-    sample). size and mtime only key the cache."""
+    sample). Only the headers are read."""
     samples: list[tuple[str, list[Member]]] = []
     try:
         with tarfile.open(path, mode="r:") as tar:  # random access: members' data are skipped
@@ -280,7 +408,7 @@ def _tar_samples(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, tuple[
     return tuple((key, tuple(members)) for key, members in samples)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """Hex sha256 of a file (size and mtime only key the cache)."""
     digest = hashlib.sha256()
@@ -288,21 +416,6 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def patient_of_key(key: str, patients: Mapping[str, object]) -> str | None:
-    """The patient of a key `<patient>__<unit>` (or `<patient>` alone), or None if none matches.
-
-    Patient ids may themselves contain '__': every split point is tried, left to right.
-    """
-    if key in patients:
-        return key
-    cut = key.find("__")
-    while cut > 0:
-        if key[:cut] in patients:
-            return key[:cut]
-        cut = key.find("__", cut + 1)
-    return None
 
 
 def split_keys(data: FoldData, index: ShardIndex, split: str) -> list[str]:
@@ -415,7 +528,215 @@ def plan_test(
     return EpochPlan(shard_order=tuple(name for name, _ in index.shards), batches=batches)
 
 
-PLANS: dict[str, Callable[..., EpochPlan]] = {"train": plan_train, "test": plan_test}
+PLANS: dict[str, Callable[..., EpochPlan]] = {
+    "train": plan_train,
+    "val": plan_test,
+    "test": plan_test,
+}
+
+
+# --------------------------------------------------------------------------- shard assignment
+
+
+def shard_layout(data: FoldData, split: str) -> tuple[tuple[str, int], ...] | None:
+    """(shard name, units of the split's patients in it) of every shard in manifest order, from
+    the manifest's per-shard `patients` field alone (no tar is read); None when an entry lacks
+    the field (a set built before hpc_pgo wrote it). The units must add up to each patient's
+    manifest count (else PgoError naming the patient)."""
+    entries = data.manifest["shards"]
+    if not entries or any("patients" not in entry for entry in entries):
+        return None
+    wanted = set(data.patients(split))
+    layout, seen = [], dict.fromkeys(wanted, 0)
+    for entry in entries:
+        units = 0
+        for patient, count in entry["patients"]:
+            if patient in wanted:
+                units += count
+                seen[patient] += count
+        layout.append((entry["name"], units))
+    for patient in sorted(wanted):
+        if seen[patient] != data.manifest["patients"][patient]["units"]:
+            raise PgoError(
+                f"{data.shard_dir / MANIFEST}: patient {patient!r} has {seen[patient]} unit(s) in "
+                f"the shards' patients entries, its record says "
+                f"{data.manifest['patients'][patient]['units']}; rebuild the shard set"
+            )
+    return tuple(layout)
+
+
+def sharded(layout: Sequence[tuple[str, int]] | None, world_size: int) -> bool:
+    """Whether each rank reads (and indexes) only its own shards: the manifest lists each shard's
+    patients, world_size > 1 and at least world_size shards hold units of the split. Otherwise
+    every rank indexes every shard (plan_train, plan_test), as sets built before the field are."""
+    return layout is not None and world_size > 1 and sum(1 for _, n in layout if n) >= world_size
+
+
+@dataclass(frozen=True)
+class ShardSlice:
+    """Part of a rank's share: units [start, stop) of the split's units of shard `name`, counted
+    in tar order (samples are sorted by patient, so these are whole runs of patients' units)."""
+
+    name: str
+    start: int
+    stop: int
+
+
+def slices_of(stream: Sequence[tuple[str, int]], start: int, stop: int) -> tuple[ShardSlice, ...]:
+    """The pieces of units [start, stop) of the concatenation of (shard name, units) in order."""
+    pieces, offset = [], 0
+    for name, units in stream:
+        low, high = max(start, offset), min(stop, offset + units)
+        if low < high:
+            pieces.append(ShardSlice(name, low - offset, high - offset))
+        offset += units
+        if offset >= stop:
+            break
+    return tuple(pieces)
+
+
+def rank_share(
+    layout: Sequence[tuple[str, int]],
+    split: str,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+) -> tuple[tuple[ShardSlice, ...], int]:
+    """Rank `rank`'s slices of the split and n, the number of batches EVERY rank yields, from the
+    layout (manifest counts) alone.
+
+    train: the shards in an order permuted by (seed, epoch); of their N train units in that
+    order, rank r takes the contiguous range [r*L, (r+1)*L), L = N // W, and n = L // B, the
+    same n as when every rank indexes every shard. test / val: shards in manifest order, rank r
+    takes [r*N // W, (r+1)*N // W) (every unit exactly once over the ranks) and n =
+    ceil(ceil(N / W) / B). A range may start or end inside a shard: that shard is then read by
+    two ranks, each its own units.
+    """
+    if split == "train":
+        order = np.random.default_rng(_stream_seed(seed, epoch)).permutation(len(layout))
+        stream = [layout[i] for i in order if layout[i][1]]
+        total = sum(units for _, units in stream)
+        share = total // world_size
+        if share // batch_size == 0:
+            raise PgoError(
+                f"train split has {total} unit(s): too few for {world_size} rank(s) x "
+                f"batch_size {batch_size} (needs >= {world_size * batch_size})"
+            )
+        return slices_of(stream, rank * share, (rank + 1) * share), share // batch_size
+    stream = [item for item in layout if item[1]]
+    total = sum(units for _, units in stream)
+    if total == 0:
+        raise PgoError(f"{split} split has no units")
+    batches = math.ceil(math.ceil(total / world_size) / batch_size)
+    bounds = (total * rank // world_size, total * (rank + 1) // world_size)
+    return slices_of(stream, *bounds), batches
+
+
+def slice_keys(
+    index: ShardIndex, slices: Sequence[ShardSlice], patients: Collection[str]
+) -> list[str]:
+    """The keys of the slices: in each shard, the split's units (of `patients`) in tar order,
+    [start, stop) of them. index_shards checked each shard's patients against the manifest's."""
+    shard_keys = dict(index.shards)
+    keys = []
+    for piece in slices:
+        units = [key for key in shard_keys[piece.name] if index.patient_of[key] in patients]
+        keys += units[piece.start : piece.stop]
+    return keys
+
+
+def plan_train_share(
+    keys: Sequence[str],
+    shard_order: Sequence[str],
+    *,
+    rank: int,
+    batches: int,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    shuffle_buffer: int,
+) -> EpochPlan:
+    """A rank's train batches from its own units (slice_keys of rank_share): a uniform choice of
+    batches * B of them seeded by (seed, epoch, rank), kept in stream order, then shuffled with
+    webdataset.shuffle(bufsize=initial=shuffle_buffer) seeded by (seed, epoch, rank)."""
+    chooser = np.random.default_rng(_stream_seed(seed, epoch, rank, 1))
+    kept = np.sort(chooser.choice(len(keys), batches * batch_size, replace=False))
+    shuffle = wds.shuffle(
+        bufsize=shuffle_buffer,
+        initial=shuffle_buffer,
+        rng=random.Random(_stream_seed(seed, epoch, rank)),
+    )
+    own = list(shuffle(keys[i] for i in kept))
+    return EpochPlan(
+        shard_order=tuple(shard_order),
+        batches=tuple(tuple(own[i : i + batch_size]) for i in range(0, len(own), batch_size)),
+    )
+
+
+def plan_test_share(keys: Sequence[str], shard_order: Sequence[str], *, batches: int) -> EpochPlan:
+    """A rank's test (val) batches from its own units: `batches` consecutive batches of
+    near-equal size, in shard order (empty ones only when it has fewer units than batches)."""
+    bounds = [len(keys) * i // batches for i in range(batches + 1)]
+    return EpochPlan(
+        shard_order=tuple(shard_order),
+        batches=tuple(tuple(keys[bounds[i] : bounds[i + 1]]) for i in range(batches)),
+    )
+
+
+def plan_rank(
+    data: FoldData,
+    split: str,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle_buffer: int = 256,
+    verify: bool = True,
+) -> tuple[EpochPlan, ShardIndex]:
+    """What rank `rank` reads in one pass over (fold, split), and the index of those keys.
+
+    When sharded(...): the rank's share comes from the manifest (rank_share), only the shards
+    holding it are indexed (and, unless verified.json vouches for them, hashed), and its plan
+    holds its own units only (plan_train_share, plan_test_share). Otherwise every shard is
+    indexed and plan_train / plan_test give the plan (W = 1 always takes this path).
+    The plan depends on (seed, epoch, rank, world_size, batch_size, shuffle_buffer) only.
+    """
+    layout = shard_layout(data, split)
+    options = dict(rank=rank, world_size=world_size, batch_size=batch_size, epoch=epoch, seed=seed)
+    if not sharded(layout, world_size):
+        index = index_shards(data.shard_dir, data.manifest, verify=verify)
+        keys = split_keys(data, index, split)
+        plan = PLANS[split](index, keys, **options, shuffle_buffer=shuffle_buffer)
+        return plan, _restrict(index, plan)
+    slices, batches = rank_share(layout, split, **options)
+    shard_order = tuple(dict.fromkeys(piece.name for piece in slices))
+    index = index_shards(data.shard_dir, data.manifest, verify=verify, names=set(shard_order))
+    keys = slice_keys(index, slices, set(data.patients(split)))
+    if split == "train":
+        plan = plan_train_share(
+            keys, shard_order, rank=rank, batches=batches, batch_size=batch_size, epoch=epoch,
+            seed=seed, shuffle_buffer=shuffle_buffer,
+        )  # fmt: skip
+    else:
+        plan = plan_test_share(keys, shard_order, batches=batches)
+    return plan, _restrict(index, plan)
+
+
+def _restrict(index: ShardIndex, plan: EpochPlan) -> ShardIndex:
+    """The index of the plan's keys only: what the readers need (and what spawned DataLoader
+    workers receive pickled), without the other splits' and ranks' units."""
+    wanted = {key for batch in plan.batches for key in batch}
+    return ShardIndex(
+        shards=tuple((name, tuple(k for k in keys if k in wanted)) for name, keys in index.shards),
+        shard_of={key: index.shard_of[key] for key in wanted},
+        patient_of={key: index.patient_of[key] for key in wanted},
+        members={key: index.members[key] for key in wanted},
+    )
 
 
 # --------------------------------------------------------------------------- reading
@@ -708,7 +1029,16 @@ class Standardizer:
                 f"{shard_dir / MANIFEST}: train patient {unknown[0]!r} is not in the "
                 f"manifest ({len(unknown)} such)"
             )
-        index = index_shards(shard_dir, manifest, verify=verify)
+        # with per-shard patients in the manifest, only the shards where a train patient starts
+        entries = manifest["shards"]
+        starts = None
+        if entries and all("patients" in entry for entry in entries):
+            start_of: dict[str, str] = {}
+            for entry in entries:
+                for patient, _ in entry["patients"]:
+                    start_of.setdefault(patient, entry["name"])
+            starts = {start_of[p] for p in train if p in start_of}
+        index = index_shards(shard_dir, manifest, verify=verify, names=starts)
         first: dict[str, str] = {}
         for key, patient in index.patient_of.items():
             first.setdefault(patient, key)
@@ -951,21 +1281,30 @@ def make_loader(
     shuffle_buffer: int = 256,
     verify: bool = True,
     embeddings: Sequence[str] = (),
+    holdout: Sequence[str] = (),
 ) -> FoldLoader:
     """The batches of rank `rank` of `world_size` for one pass over (fold, split); see the module.
 
     groups: omics groups to load (manifest names, e.g. ["cnv", "mut"]); image_size: S of the
     (3, S, S) view or None for no images; standardizer: fitted on this fold's train patients
     (Standardizer.fit(shard_dir, open_fold(...).train, groups)), or None for raw omics values.
-    verify: check each shard's sha256 against the manifest (once per process and file version).
+    verify: check the sha256 of each shard this rank reads against the manifest (once per process
+    and file version), unless verified.json vouches for it (index_shards).
     num_workers: DataLoader worker processes; 0 reads in the calling process, with its torch
     thread settings. len(loader) is the number of batches this rank yields. Make one loader per
     epoch (train) with that epoch's number. embeddings: per-patient embedding fields to serve
     (FoldData.embeddings lists them, e.g. ["rna_emb"]); their side-car is checked against the
-    manifest's sha256 when verify.
+    manifest's sha256 when verify. holdout: train patients held out for validation (open_fold):
+    "train" then serves the others (the standardizer must be fitted on those), "val" serves them
+    as "test" serves its patients; empty (the default): no validation split.
     """
-    data = open_fold(shard_dir, fold)
+    data = open_fold(shard_dir, fold, holdout)
     _check_split(split)
+    if split == "val" and not data.val:
+        raise PgoError(
+            "split 'val' serves the validation patients, and none were given; valid: "
+            "make_loader(..., holdout=<train patients held out>) or split 'train' / 'test'"
+        )
     _positive("batch_size", batch_size, 1)
     _positive("world_size", world_size, 1)
     _positive("epoch", epoch, 0)
@@ -975,22 +1314,22 @@ def make_loader(
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise PgoError(f"rank = {rank!r}; valid: 0..{world_size - 1} for world_size {world_size}")
     spec = unit_spec(
-        data, split, groups=list(groups), image_size=image_size, seed=seed, epoch=epoch
-    )
+        data, "test" if split == "val" else split, groups=list(groups), image_size=image_size,
+        seed=seed, epoch=epoch,
+    )  # fmt: skip
     if standardizer is not None:
         _check_standardizer(standardizer, data, spec)
     table = _embedding_table(data, list(embeddings), verify=verify)
-    index = index_shards(data.shard_dir, data.manifest, verify=verify)
-    keys = split_keys(data, index, split)
-    plan = PLANS[split](
-        index,
-        keys,
+    plan, index = plan_rank(
+        data,
+        split,
         rank=rank,
         world_size=world_size,
         batch_size=batch_size,
         epoch=epoch,
         seed=seed,
         shuffle_buffer=shuffle_buffer,
+        verify=verify,
     )
     pipeline = FoldPipeline(
         functools.partial(_batch_numbers, len(plan.batches)),

@@ -4,6 +4,11 @@ The format (shards/README.md) in short: a directory with `manifest.json` and tar
 `shard-000000.tar`, ... written by webdataset.ShardWriter; one sample per image unit (or per
 patient without images) keyed `<patient>__<unit>`, carrying `png`/`jpg`, `<group>.npy`
 (float32, 1-D, no pickle), `surv.json` and, with missing: mask, `mask.json`.
+
+`verified.json` beside the manifest records a passed verification (by `build`, which hashes each
+shard as it writes it, or by `pgo-shards verify`): per shard its name, bytes, mtime_ns and sha256.
+The fold loader trusts a shard whose size, mtime and manifest entry still match that record
+without hashing it again (read_verified, trusted); see shards/README.md for the trade-off.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 from collections import Counter
@@ -33,6 +39,9 @@ MANIFEST = "manifest.json"
 DIGEST_KEY = "manifest_sha256"
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_GLOB = "shard-*.tar"
+# the record of a passed verification (write_verified); never part of the shard set's content
+VERIFIED = "verified.json"
+VERIFIED_KIND = "hpc_pgo.verified"
 
 
 # --------------------------------------------------------------------------- manifest
@@ -128,11 +137,94 @@ def shard_record(path: Path) -> dict:
     }
 
 
+def patient_of_key(key: str, patients: Mapping[str, object]) -> str | None:
+    """The patient of a key `<patient>__<unit>` (or `<patient>` alone), or None if none matches.
+
+    Patient ids may themselves contain '__': every split point is tried, left to right.
+    """
+    if key in patients:
+        return key
+    cut = key.find("__")
+    while cut > 0:
+        if key[:cut] in patients:
+            return key[:cut]
+        cut = key.find("__", cut + 1)
+    return None
+
+
+def patient_runs(patients: list[str]) -> list[list]:
+    """[[patient, units], ...] of a shard's samples in order (one entry per run of a patient):
+    the manifest's per-shard `patients` field."""
+    runs: list[list] = []
+    for patient in patients:
+        if runs and runs[-1][0] == patient:
+            runs[-1][1] += 1
+        else:
+            runs.append([patient, 1])
+    return runs
+
+
 def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
     """Samples of one shard as WebDataset groups them: {"__key__", "<field>": bytes, ...}."""
     with open(path, "rb") as stream:
         files = ({**f, "__url__": path.name} for f in tar_file_iterator(stream))
         yield from group_by_keys(files)
+
+
+# --------------------------------------------------------------------------- verified record
+
+
+def verified_entry(path: Path, sha256: str, stat: os.stat_result | None = None) -> dict:
+    """One shard's line of verified.json: name, bytes and mtime_ns (of `stat`, else now), sha256."""
+    stat = path.stat() if stat is None else stat
+    return {
+        "name": path.name,
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": sha256,
+    }
+
+
+def write_verified(directory: Path | str, manifest: Mapping, entries: list[dict]) -> Path:
+    """Write verified.json (atomically): the manifest's digest and one verified_entry per shard.
+    Only after every shard was checked against the manifest (build, `pgo-shards verify`)."""
+    record = {
+        "kind": VERIFIED_KIND,
+        "version": 1,
+        DIGEST_KEY: manifest.get(DIGEST_KEY),
+        "shards": sorted(entries, key=lambda e: e["name"]),
+    }
+    text = json.dumps(record, sort_keys=True, indent=1) + "\n"
+    return atomic.write_text(Path(directory) / VERIFIED, text)
+
+
+def read_verified(directory: Path | str) -> tuple[dict[str, dict], str | None]:
+    """The verified record's shard entries by name, and why it vouches for nothing (None when
+    it was read): absent, unreadable or not a record. A missing record is not an error."""
+    path = Path(directory) / VERIFIED
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("kind") != VERIFIED_KIND:
+            return {}, f"{VERIFIED} is not a record of hpc_pgo's"
+        entries = {str(e["name"]): e for e in record["shards"]}
+    except FileNotFoundError:
+        return {}, f"no {VERIFIED} (never verified, or verified before hpc_pgo recorded it)"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return {}, f"{VERIFIED} is unreadable ({type(exc).__name__})"
+    return entries, None
+
+
+def trusted(record: Mapping[str, dict], entry: Mapping, stat: os.stat_result) -> bool:
+    """Whether the verified record vouches for a shard: its manifest entry (bytes, sha256) is the
+    one verified, and the file's size and mtime are those it had then. A rewrite that keeps both
+    size and mtime is not seen (`pgo-shards verify` hashes everything again)."""
+    seen = record.get(entry["name"])
+    return (
+        seen is not None
+        and seen.get("sha256") == entry["sha256"]
+        and seen.get("bytes") == entry["bytes"] == stat.st_size
+        and seen.get("mtime_ns") == stat.st_mtime_ns
+    )
 
 
 # --------------------------------------------------------------------------- verify
@@ -158,6 +250,8 @@ class VerifyReport:
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # checks left out, and why (not problems)
+    # verified_entry of every shard hashed and unchanged while it was read (for verified.json)
+    verified: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -293,18 +387,25 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
         if not path.is_file():
             report.problems.append(f"shard {entry['name']}: missing")
             continue
-        size = path.stat().st_size
+        before = path.stat()
+        size = before.st_size
         report.bytes += size
         if size != entry["bytes"]:
             report.problems.append(
                 f"shard {entry['name']}: {size} bytes, manifest says {entry['bytes']}"
             )
-        if sha256_file(path) != entry["sha256"]:
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
             report.problems.append(f"shard {entry['name']}: sha256 differs from the manifest")
         count = 0
+        order: list[str] = []  # the patient of each sample, for the shard's `patients` field
         try:
             for sample in iter_samples(path):
                 count += 1
+                order.append(
+                    patient_of_key(sample["__key__"], manifest["patients"])
+                    or sample["__key__"].split("__", 1)[0]
+                )
                 if sample["__key__"] in seen:
                     report.problems.append(
                         f"shard {entry['name']} sample {sample['__key__']}: "
@@ -327,6 +428,11 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
             report.problems.append(
                 f"shard {entry['name']}: {count} samples, manifest says {entry['samples']}"
             )
+        elif "patients" in entry and (problem := runs_problem(patient_runs(order), entry)):
+            report.problems.append(f"shard {entry['name']}: {problem}")
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+            report.verified.append(verified_entry(path, digest, after))
     shards_ok = not report.problems  # else the counts below would only repeat those problems
     problem = digest_problem(manifest, directory)
     if problem:
@@ -337,6 +443,19 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
     if note:
         report.notes.append(note)
     return report
+
+
+def runs_problem(runs: list[list], entry: Mapping) -> str | None:
+    """Where a shard's patients (runs of samples, in order) differ from its manifest entry's
+    `patients` field, or None."""
+    listed = [list(run) for run in entry["patients"]] if isinstance(entry["patients"], list) else []
+    if runs == listed:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(runs, listed, strict=False)) if a != b), None)
+    at = min(len(runs), len(listed)) if at is None else at
+    found = runs[at] if at < len(runs) else "nothing"
+    said = listed[at] if at < len(listed) else "nothing"
+    return f"patients entry {at}: the shard holds {found}, manifest says {said} ([patient, units])"
 
 
 def count_problems(manifest: Mapping, units: Mapping[str, int] | None) -> list[str]:

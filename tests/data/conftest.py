@@ -239,8 +239,12 @@ def load_npy(data: bytes) -> np.ndarray:
 
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
-    """name -> bytes of every file in a shard set (for byte-identical comparisons)."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """name -> bytes of every file in a shard set (for byte-identical comparisons), except
+    verified.json: a record of this copy's file sizes and mtimes, not content (its shard
+    digests are the manifest's)."""
+    return {
+        p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != "verified.json"
+    }
 
 
 def leftovers(parent: Path, name: str) -> list[str]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.cli import main
-from hpc_pgo.data.shards import info, read_manifest, verify, write_manifest
+from hpc_pgo.data.shards import VERIFIED, info, read_manifest, verify, write_manifest
 from hpc_pgo.errors import PgoError
 
 
@@ -132,3 +134,74 @@ def test_info_summarises(built: Path, capsys) -> None:
     assert "splits: file" in text and "15 folds" in text
     assert "image: tiles, png, 32x32" in text
     assert "dropped: 1 (1 x missing modality)" in text
+
+
+# --------------------------------------------------------------------------- verified.json
+
+
+def _record(directory: Path) -> dict:
+    return json.loads((directory / VERIFIED).read_text())
+
+
+def test_build_and_verify_record_the_verified_shards(copy: Path, capsys) -> None:
+    manifest = read_manifest(copy)
+    built = _record(copy)  # written by the build, which hashed every shard as it wrote it
+    expected = [
+        {
+            "name": e["name"],
+            "bytes": e["bytes"],
+            "mtime_ns": (copy / e["name"]).stat().st_mtime_ns,
+            "sha256": e["sha256"],
+        }
+        for e in manifest["shards"]
+    ]
+    assert built["shards"] == expected and built["manifest_sha256"] == manifest["manifest_sha256"]
+    (copy / VERIFIED).unlink()
+    code, out, _ = _verify_cli(copy, capsys)
+    assert code == 0 and "note:" not in out
+    assert _record(copy) == built
+
+
+def test_a_failed_verify_records_nothing(copy: Path, capsys) -> None:
+    (copy / VERIFIED).unlink()
+    shard = copy / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    code, _, _ = _verify_cli(copy, capsys)
+    assert code == 1 and not (copy / VERIFIED).exists()
+
+
+def test_verify_of_a_read_only_copy_notes_it_and_passes(copy: Path, tmp_path: Path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mount -t tmpfs failed here")
+    try:
+        shutil.copytree(copy, mount / "set")
+        (mount / "set" / VERIFIED).unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        code, out, err = _verify_cli(mount / "set", capsys)
+        assert (code, err) == (0, "")
+        note, summary = out.strip().splitlines()
+        assert note.startswith(f"note: {VERIFIED} not written (Read-only file system)")
+        assert summary.endswith(": OK")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_wrong_patients_entry_is_named(copy: Path, capsys) -> None:
+    manifest = read_manifest(copy)
+    entry = manifest["shards"][1]
+    entry["patients"][0][1] += 1
+    write_manifest(copy, manifest)  # re-sealed: the digest no longer tells
+    code, _, err = _verify_cli(copy, capsys)
+    assert code == 1
+    runs = read_manifest(copy)["shards"][1]["patients"]
+    found = [runs[0][0], runs[0][1] - 1]
+    assert (
+        f"error: shard shard-000001.tar: patients entry 0: the shard holds {found}, manifest "
+        f"says {runs[0]} ([patient, units])" in err
+    )
