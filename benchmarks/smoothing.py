@@ -7,9 +7,9 @@ Data: scanpy's pbmc68k_reduced (700 cells, 10 types in obs["bulk_labels"]), coun
 round(expm1(raw.X) * n_counts / 1e4); cells split 70/30 per type into pretraining and held-out
 cells (seeded). Model: a tiny scGPT (d_model 64, 4 heads, 2 layers) over its 765 genes, first
 fitted for --scgpt-steps on the pretraining cells with scGPT's own self-supervised objectives
-(masked gene-expression prediction from the gene tokens, GEP, and from the cell embedding, GEPC:
-scgpt's TransformerModel(..., MVC=True) and scgpt.loss.masked_mse_loss on 40% masked bins), then
-written in the official layout and loaded strictly like any checkpoint, frozen. A random model's
+(masked gene-expression prediction from the gene tokens, GEP, and from the cell embedding, GEPC,
+on 40% masked bins: hpc_pgo.models.scgpt_fit.fit_scgpt, as `pgo-shards fit-scgpt`), written in
+the official layout and loaded strictly like any checkpoint, frozen. A random model's
 cell embeddings are nearly identical (mean cosine 0.9994 over pbmc cells): an MLP-A head on them
 stays at the majority class, mix-up or not, and the comparison says nothing; --scgpt-steps 0
 shows that.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -91,49 +90,6 @@ def pseudo_bulks(cells, n_bulks: int, k: int, seed: int):
     return samples, truth
 
 
-def fit_scgpt(ckpt: Path, cells, steps: int, *, lr: float = 1e-3, batch_size: int = 32,
-              max_length: int = 1200, mask_ratio: float = 0.4, seed: int = 0) -> list[float]:  # fmt: skip
-    """Train the checkpoint's scGPT in place with GEP + GEPC on `cells`; rewrite best_model.pt.
-
-    Each step: batch_size cells tokenised as for embedding (tokenize_sample), mask_ratio of the
-    gene values (never <cls>, never padding) replaced by -1 (scGPT's mask value); loss =
-    masked MSE of the gene-token decoder's prediction + masked MSE of the cell-embedding (MVC)
-    decoder's, on the masked bins. Returns the loss per step.
-    """
-    from scgpt.loss import masked_mse_loss
-
-    from hpc_pgo.atomic import save_torch
-    from hpc_pgo.models.scgpt import collate, load_scgpt, tokenize_sample
-
-    s = load_scgpt(ckpt)
-    names = np.asarray(s.vocab.get_itos(), dtype=object)
-    model = s.model.requires_grad_(True).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for step in range(steps):
-        batch = rng.choice(len(cells), batch_size, replace=False)
-        tokens = [
-            tokenize_sample(values, genes, names[genes], cls_id=s.cls_id, pad_value=s.pad_value,
-                            max_length=max_length, seed=seed * 1_000_003 + step * batch_size + k)
-            for k, (genes, values) in enumerate(cells.cell(c) for c in batch)
-        ]  # fmt: skip
-        ids, vals, pad = collate(tokens, s.pad_id, s.pad_value)
-        masked = (torch.rand(vals.shape, generator=generator) < mask_ratio) & ~pad
-        masked[:, 0] = False
-        out = model(ids, vals.masked_fill(masked, -1.0), pad, MVC=True)
-        loss = masked_mse_loss(out["mlm_output"], vals, masked) + masked_mse_loss(
-            out["mvc_output"], vals, masked
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    save_torch(ckpt / "best_model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    return losses
-
-
 def embed_all(embedder, samples, seed: int) -> torch.Tensor:
     """(n, d) embeddings of samples [(genes, values)], 32 at a time; sample i seeded seed + i."""
     return torch.cat([
@@ -176,7 +132,8 @@ def main() -> int:
     import hpc_pgo  # noqa: F401
     from hpc_pgo.data.cells import checkpoint_vocab, load_cells, read_label_map, write_cells
     from hpc_pgo.engine.distributed import teardown_distributed
-    from hpc_pgo.models.scgpt import load_scgpt, write_random_checkpoint
+    from hpc_pgo.models.scgpt import load_scgpt
+    from hpc_pgo.models.scgpt_fit import FIT_RECORD, fit_scgpt
     from hpc_pgo.train.pretrain import (
         HEAD_FILE,
         MixedCellEmbedder,
@@ -194,13 +151,14 @@ def main() -> int:
         else:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgo-smoothing-")))
         train_h5ad, test_h5ad, types = pbmc_split(root, seed=0)
-        import anndata as ad
-
         ckpt = root / f"scgpt-d{args.d_model}-fit{args.scgpt_steps}"
-        fitted = ckpt / "fitted.json"
-        if not fitted.is_file():
-            write_random_checkpoint(ckpt, list(ad.read_h5ad(train_h5ad).var_names),
-                                    d_model=args.d_model, nheads=4, nlayers=2)  # fmt: skip
+        if not (ckpt / FIT_RECORD).is_file():  # --work: fitted by an earlier run otherwise
+            result = fit_scgpt(train_h5ad, ckpt, steps=args.scgpt_steps, seed=0, d_model=args.d_model,
+                               nheads=4, nlayers=2, max_length=args.max_length, force=True)  # fmt: skip
+            if result.losses:
+                print(f"scGPT (d {args.d_model}) fitted with GEP + GEPC: {args.scgpt_steps} steps "
+                      f"in {result.seconds:.0f} s, loss {np.mean(result.losses[:20]):.1f} (first 20 "
+                      f"steps) -> {np.mean(result.losses[-20:]):.1f} (last 20)")  # fmt: skip
         (root / "map.yaml").write_text(
             yaml.safe_dump({"classes": types, "map": {t: t for t in types}})
         )
@@ -211,14 +169,6 @@ def main() -> int:
             write_cells(h5ad, root / name, vocab=vocab, vocab_digest=digest, label_col="bulk_labels",
                         label_map=read_label_map(root / "map.yaml"), progress=False)  # fmt: skip
         test_cells, train_cells = load_cells(root / "test"), load_cells(root / "train")
-        if not fitted.is_file():
-            start = time.perf_counter()
-            losses = fit_scgpt(ckpt, train_cells, args.scgpt_steps, max_length=args.max_length)
-            fitted.write_text(json.dumps({"steps": args.scgpt_steps, "losses": losses}))
-            if losses:
-                print(f"scGPT (d {args.d_model}) fitted with GEP + GEPC: {args.scgpt_steps} steps "
-                      f"in {time.perf_counter() - start:.0f} s, loss {np.mean(losses[:20]):.1f} "
-                      f"(first 20 steps) -> {np.mean(losses[-20:]):.1f} (last 20)")  # fmt: skip
         scgpt = load_scgpt(ckpt)
         embedder = MixedCellEmbedder(scgpt, max_length=args.max_length)
         emb = embed_all(embedder, [train_cells.cell(c) for c in range(len(train_cells))], 7).numpy()

@@ -1,6 +1,7 @@
 """`pgo-shards` (also `python -m hpc_pgo.data`): build, verify, info and demo shard sets.
 
-    pgo-shards build --spec cohort.yaml [flags overriding the spec] [--out DIR]
+    pgo-shards build --spec cohort.yaml [--data-dir DIR] [flags overriding the spec] [--out DIR]
+    pgo-shards build --spec configs/cohorts/tcga_kirc_porpoise.yaml --data-dir ~/porpoise
     pgo-shards build --survival T.csv.gz --patient-col case_id --time-col survival_months \\
         --censorship-col censorship --omics same --group cnv:suffix=_cnv \\
         --group mut:suffix=_mut --group rna:suffix=_rnaseq --splits random:15 --out DIR
@@ -8,6 +9,8 @@
     pgo-shards seal DIR          # digest an old manifest (written before digests) once verified
     pgo-shards info DIR          # patients, units, events, features per group, splits
     pgo-shards demo --out DIR    # simulate the demo cohort (hpc_pgo.data.demo) and build it
+    pgo-shards demo --out DIR --rna cells [--cell-types 10]   # bulk RNA of cell mixtures + atlas
+    pgo-shards fit-scgpt --h5ad cells.h5ad --out MODEL_DIR [--steps 300]   # (hpc_pgo.models.scgpt_fit)
     pgo-shards embed-rna DIR --scgpt MODEL_DIR [--mlp-a mlp_a.pt]   # (hpc_pgo.data.embed_rna)
 
 Bad input prints `error: <one line>` to stderr and exits 2; so does a file-system error
@@ -102,9 +105,20 @@ def spec_from_args(args: argparse.Namespace) -> dict:
         for flag, value in needed.items():
             if value is None:
                 raise PgoError(f"build: {flag} is needed with --survival (or give --spec FILE)")
-    spec = load_spec(args.spec) if args.spec else {"survival": {}, "omics": []}
+    if args.data_dir is not None and args.spec is None:
+        raise PgoError(
+            "build: --data-dir needs --spec FILE (it is where the spec's relative paths start; "
+            "flag paths are relative to the working directory)"
+        )
+    spec = load_spec(args.spec, args.data_dir) if args.spec else {"survival": {}, "omics": []}
     _set(spec, "cohort", args.cohort)
     _set(spec, "missing", args.missing)
+    if args.survival is not None and args.spec is not None:
+        # the spec's tables that were its survival table (`path: same`) follow --survival
+        before = spec["survival"]["path"]
+        spec["omics"] = [
+            {**t, "path": SAME_TABLE} if t["path"] == before else t for t in spec["omics"]
+        ]
     surv = dict(spec["survival"])
     _set(surv, "path", _absolute(args.survival))
     _set(surv, "patient", args.patient_col)
@@ -115,7 +129,53 @@ def spec_from_args(args: argparse.Namespace) -> dict:
     spec["omics"] = _omics_from_args(args, list(spec.get("omics") or []), SAME_TABLE)
     spec["images"] = _images_from_args(args, spec.get("images"))
     spec["splits"] = _splits_from_args(args, spec.get("splits"))
-    return resolve_spec(spec, Path.cwd())
+    resolved = resolve_spec(spec, Path.cwd())
+    if args.spec is not None:
+        _check_spec_inputs(resolved, args)
+    return resolved
+
+
+# spec input -> (what it is, the flag that gives it instead)
+_INPUT_FLAGS = {
+    "survival": ("survival table", "--survival PATH"),
+    "omics": ("omics table", "--omics PATH"),
+    "images": ("image folder", "--images DIR"),
+    "splits": ("split table", "--splits file:PATH"),
+}
+
+
+def _check_spec_inputs(spec: dict, args: argparse.Namespace) -> None:
+    """Every file and folder a spec names exists; else one error line saying where the spec's
+    relative paths started and which flag points at the file (a shipped spec, e.g.
+    configs/cohorts/*.yaml, names the files of a public release, not where they were saved)."""
+    from_flag = {
+        "survival": args.survival is not None,
+        "omics": args.omics is not None and args.omics != "same",
+        "images": args.images is not None,
+        "splits": (args.splits or "").startswith("file:"),
+    }
+    inputs = [("survival", spec["survival"]["path"])]
+    inputs += [("omics", t["path"]) for t in spec["omics"]]
+    if spec["images"] is not None:
+        inputs.append(("images", spec["images"]["dir"]))
+    if spec["splits"]["kind"] == "file":
+        inputs.append(("splits", spec["splits"]["file"]["path"]))
+    for key, path in inputs:
+        if Path(path).exists():
+            continue
+        what, flag = _INPUT_FLAGS[key]
+        if from_flag[key]:
+            raise PgoError(f"{what} {path}: not found (given by {flag.split()[0]})")
+        start = (
+            f"--data-dir {args.data_dir}"
+            if args.data_dir is not None
+            else f"its data_dir, else its folder {Path(args.spec).parent}"
+        )
+        raise PgoError(
+            f"{what} {path}: not found (the spec {args.spec} names it; its relative paths start "
+            f"at {start}); valid: --data-dir DIR, the folder holding the downloaded files, or "
+            f"{flag}"
+        )
 
 
 def _omics_from_args(args: argparse.Namespace, tables: list[dict], same: str) -> list[dict]:
@@ -175,20 +235,37 @@ def _images_from_args(args: argparse.Namespace, images: dict | None) -> dict | N
 
 
 def _splits_from_args(args: argparse.Namespace, splits: dict | None) -> dict:
-    splits = parse_splits(args.splits) if args.splits else dict(splits or {})
+    """The splits section: --splits of another kind replaces the spec's; of the spec's own kind
+    it keeps the rest of it (`--splits file:PATH` on a spec with a split file changes only the
+    path: its patient column, column template and numbering stay)."""
+    spec_splits = {k: v for k, v in (splits or {}).items() if v is not None}
+    splits = dict(spec_splits)
+    if args.splits:
+        given = parse_splits(args.splits)
+        if given["kind"] != spec_splits.get("kind", "random"):
+            splits = {}
+        file = {**(splits.get("file") or {}), **given.pop("file", {})}
+        splits.update(given)
+        if given["kind"] == "file":
+            splits["file"] = {**file, "path": _absolute(file["path"])}
     _set(splits, "seed", args.split_seed)
     _set(splits, "test_fraction", args.test_fraction)
-    file_flags = (args.split_patient_col, args.split_columns, args.split_train, args.split_test)
+    file_flags = {
+        "patient": args.split_patient_col,
+        "columns": args.split_columns,
+        "first": args.split_first,
+        "train": args.split_train,
+        "test": args.split_test,
+    }
     if splits.get("kind") == "file":
         f = dict(splits.get("file") or {})
-        if args.splits:
-            f["path"] = _absolute(f["path"])
-        for key, value in zip(("patient", "columns", "train", "test"), file_flags, strict=True):
+        for key, value in file_flags.items():
             _set(f, key, value)
         splits["file"] = f
-    elif any(v is not None for v in file_flags):
+    elif any(v is not None for v in file_flags.values()):
         raise PgoError(
-            "--split-patient-col/--split-columns/--split-train/--split-test need --splits file:PATH"
+            "--split-patient-col/--split-columns/--split-first/--split-train/--split-test need "
+            "--splits file:PATH"
         )
     return splits
 
@@ -247,6 +324,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
     for note in report.notes:
         print(f"note: {note}")
+    if report.ok and report.verified:  # loaders then trust these shards without hashing them
+        from hpc_pgo.data.shards import VERIFIED, read_manifest, write_verified
+
+        try:
+            write_verified(args.dir, read_manifest(args.dir), report.verified)
+        except OSError as exc:  # a read-only copy: still verified, only not recorded
+            print(
+                f"note: {VERIFIED} not written ({exc.strerror or exc}); loaders will hash the "
+                "shards they read"
+            )
     print(report.summary())
     return 0 if report.ok else EXIT_MISMATCH
 
@@ -313,7 +400,13 @@ DEMO_OPTIONS: list[tuple[str, str, Callable]] = [
     ("--weibull-shape", "weibull_shape", float),
     ("--censoring", "censoring", float),
     ("--seed", "seed", int),
+    ("--rna", "rna_model", str),
+    ("--cell-types", "n_cell_types", int),
+    ("--cell-strength", "cell_strength", float),
+    ("--atlas-cells-per-type", "atlas_cells_per_type", int),
 ]
+# hpc_pgo.data.demo.RNA_MODELS, named here so that parsing does not import the simulator
+RNA_MODEL_NAMES = ("programs", "cells")
 
 
 DEMO_HELP = {
@@ -321,6 +414,12 @@ DEMO_HELP = {
     "instead of genomic_strength * g (default: none, linear)",
     "image_contrast": "multiply the nuclei density and radius slopes on the image factor u "
     "(default 1; 0 = images show nothing of u)",
+    "rna_model": "programs (default): log-normal RNA from the latent programs; cells: bulk RNA "
+    "counts of a mixture of cell types, part of the risk from the fractions, and a labelled "
+    "single-cell atlas (cells.h5ad + cell_types.yaml) in --cohort-dir, else in <out>-atlas/",
+    "n_cell_types": "--rna cells: cell types (8..17, default 10)",
+    "cell_strength": "--rna cells: multiply the fractions' part of the log hazard (default 1)",
+    "atlas_cells_per_type": "--rna cells: atlas cells of each type (default 200)",
 }
 
 
@@ -332,10 +431,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     the manifest, are the same on every run).
     """
     from hpc_pgo.data.build import build_cohort, check_output_dir
-    from hpc_pgo.data.demo import write_demo_cohort
+    from hpc_pgo.data.demo import ATLAS_FILE, LABEL_MAP_FILE, write_demo_cohort
 
     out = Path(args.out).expanduser().resolve()
     check_output_dir(out, args.force)  # fail before simulating
+    atlas_dir = None
+    if args.rna_model == "cells":
+        atlas_dir = Path(args.cohort_dir).expanduser().resolve() if args.cohort_dir else None
+        if atlas_dir is None:
+            atlas_dir = out.with_name(f"{out.name}-atlas")
+            if atlas_dir.exists() and not atlas_dir.is_dir():
+                raise PgoError(f"atlas folder {atlas_dir}: exists and is not a folder")
     options = {kw: getattr(args, kw) for _, kw, _ in DEMO_OPTIONS if getattr(args, kw) is not None}
     keep = args.cohort_dir is not None
     files = (
@@ -350,11 +456,98 @@ def cmd_demo(args: argparse.Namespace) -> int:
         manifest = build_cohort(
             spec_path, out, workers=args.workers, progress=not args.no_progress, force=args.force
         )
+        if atlas_dir is not None and not keep:
+            atlas_dir.mkdir(parents=True, exist_ok=True)
+            for name in (ATLAS_FILE, LABEL_MAP_FILE):
+                shutil.move(files / name, atlas_dir / name)  # a rename on one file system
     finally:
         if not keep:
             shutil.rmtree(files, ignore_errors=True)
     _print_built(out, manifest)
+    if atlas_dir is not None:
+        print(
+            f"single-cell atlas: {atlas_dir / ATLAS_FILE} (obs cell_type, counts; cells of no "
+            f"patient), label map {atlas_dir / LABEL_MAP_FILE}; next: pgo-shards fit-scgpt "
+            f"--h5ad {atlas_dir / ATLAS_FILE} --out MODEL_DIR"
+        )
     return 0
+
+
+def cmd_fit_scgpt(args: argparse.Namespace) -> int:
+    """Fit a small scGPT on an atlas (hpc_pgo.models.scgpt_fit) and print what was written."""
+    import numpy as np
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise PgoError(f"--threads {args.threads}: valid: an integer >= 1")
+        torch.set_num_threads(args.threads)
+    from hpc_pgo.models.scgpt_fit import fit_scgpt
+
+    result = fit_scgpt(
+        args.h5ad,
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        d_model=args.d_model,
+        nlayers=args.layers,
+        nheads=args.heads,
+        d_hid=args.d_hid,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        mask_ratio=args.mask_ratio,
+        max_length=args.max_length,
+        layer=args.layer,
+        gene_col=args.gene_col,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    k = min(20, len(result.losses))
+    trend = (
+        f", loss {np.mean(result.losses[:k]):.1f} -> {np.mean(result.losses[-k:]):.1f} "
+        f"(mean of the first / last {k} steps)"
+        if k
+        else " (random initialisation)"
+    )
+    print(
+        f"fitted scGPT {result.model_dir}: d_model {args.d_model}, {args.layers} layers, "
+        f"{result.n_genes} genes, {result.n_cells} cells; {args.steps} steps in "
+        f"{result.seconds:.0f} s{trend}"
+    )
+    return 0
+
+
+def _fit_scgpt_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-scgpt",
+        help="fit a small scGPT on a single-cell atlas (.h5ad), official checkpoint layout",
+        description="Fit a small scGPT (vocabulary: the atlas's genes) with scGPT's own "
+        "objectives (masked gene-expression prediction, GEP + GEPC) and write args.json, "
+        "vocab.json, best_model.pt (+ fit.json) to --out atomically "
+        "(hpc_pgo/models/scgpt_fit.py).",
+    )
+    p.add_argument("--h5ad", required=True, help="the atlas: non-negative counts in X or --layer")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="checkpoint folder to write")
+    p.add_argument("--steps", type=int, default=300, help="Adam steps (default 300; 0: random)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, batches, masks (0)")
+    p.add_argument("--d-model", type=int, default=64, help="embedding size (default 64)")
+    p.add_argument("--layers", type=int, default=2, help="transformer layers (default 2)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--d-hid", type=int, help="feed-forward size (default --d-model)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=32, help="cells per step (default 32)")
+    p.add_argument("--mask-ratio", type=float, default=0.4, help="masked bins (default 0.4)")
+    p.add_argument("--max-length", type=int, default=1200, help="tokens per cell incl. <cls>")
+    p.add_argument("--layer", help="read layers/LAYER instead of X (e.g. counts)")
+    p.add_argument("--gene-col", help="var column with gene symbols (default: var_names)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default torch's; 1 is fastest on a shared, busy machine)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit_scgpt)
 
 
 # --------------------------------------------------------------------------- parser
@@ -367,7 +560,17 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
         description="Build a cohort into WebDataset shards and manifest.json. "
         "Flags override the --spec file's keys (format: shards/README.md).",
     )
-    p.add_argument("--spec", help="YAML cohort spec; paths in it are relative to its folder")
+    p.add_argument(
+        "--spec",
+        help="YAML cohort spec (shipped: configs/cohorts/*.yaml); its relative paths start at "
+        "--data-dir, else its data_dir key, else its folder",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the folder of the cohort's files (e.g. a downloaded release): where the spec's "
+        "relative paths start",
+    )
     p.add_argument("--out", help="output directory (default shards/<cohort>)")
     p.add_argument("--cohort", help="cohort name (default: the output directory's name)")
     g = p.add_argument_group("survival table")
@@ -417,6 +620,12 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--split-columns",
         help="split file: column template with {k} (default 'Randomization - {k}')",
+    )
+    g.add_argument(
+        "--split-first",
+        type=int,
+        choices=(0, 1),
+        help="split file: number of its first split column (unset: 0 or 1, recorded)",
     )
     g.add_argument("--split-train", help="split file: train value (default Train)")
     g.add_argument("--split-test", help="split file: test value (default Test)")
@@ -490,10 +699,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     for flag, kw, kind in DEMO_OPTIONS:
         p.add_argument(
-            flag, dest=kw, type=kind, help=DEMO_HELP.get(kw, f"write_demo_cohort({kw}=...)")
+            flag,
+            dest=kw,
+            type=kind,
+            choices=RNA_MODEL_NAMES if kw == "rna_model" else None,
+            help=DEMO_HELP.get(kw, f"write_demo_cohort({kw}=...)"),
         )
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
+    _fit_scgpt_parser(sub)
     return parser
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from hpc_pgo.atomic import write_text
@@ -46,7 +46,10 @@ MANIFEST = "manifest.json"
 # How to build each known cohort's shard set, for the missing-shards error.
 BUILD_HINTS = {
     "demo": "pgo-shards demo --out {path}",
-    "tcga_kirc": "pgo-shards build --spec <cohort.yaml for data/tcga-kirc> --out {path} (shards/README.md)",
+    "tcga_kirc": "pgo-shards build --spec configs/cohorts/tcga_kirc_porpoise.yaml --data-dir DIR --out {path} (DIR: the folder of tcga_kirc_all_clean.csv.zip)",
+    "tcga_gbmlgg_porpoise": "pgo-shards build --spec configs/cohorts/tcga_gbmlgg_porpoise.yaml --data-dir DIR --out {path} (DIR: the folder of tcga_gbmlgg_all_clean.csv.zip)",
+    "tcga_kirc_pathomic": "pgo-shards build --spec configs/cohorts/tcga_kirc_pathomic.yaml --data-dir DIR --out {path} (DIR: Pathomic Fusion's data/TCGA_KIRC)",
+    "tcga_gbmlgg_pathomic": "pgo-shards build --spec configs/cohorts/tcga_gbmlgg_pathomic.yaml --data-dir DIR --out {path} (DIR: Pathomic Fusion's data/TCGA_GBMLGG)",
 }
 _DEFAULT_HINT = "pgo-shards build --spec <cohort.yaml> --out {path} (shards/README.md)"
 
@@ -69,13 +72,51 @@ class Submission:
 
 
 def check_shards(cfg: DictConfig) -> None:
-    """PgoError naming the shard set path and the pgo-shards command that builds it, if missing."""
+    """PgoError naming the shard set path and the pgo-shards command that builds it, if missing;
+    then check_rna_inputs."""
     path = Path(str(cfg.data.shards))
     if not (path / MANIFEST).is_file():
         hint = BUILD_HINTS.get(str(cfg.groups.data), _DEFAULT_HINT).format(path=path)
         raise PgoError(
             f"data={cfg.groups.data}: shard set {path} has no {MANIFEST} (data.shards); build it "
             f"with: {hint}"
+        )
+    check_rna_inputs(cfg, path)
+
+
+def check_rna_inputs(cfg: DictConfig, path: Path) -> None:
+    """The inputs the scGPT routes of the genomic branch need, each a PgoError naming the command
+    that produces it: the shard set's stored scGPT embedding (rna_encoder scgpt, scgpt_mlpa) and
+    the MLP-A weights file (scgpt_mlpa)."""
+    model = cfg.model
+    encoder = OmegaConf.select(model, "genomic.rna_encoder")
+    if "genomic" not in model.modalities or encoder not in ("scgpt", "scgpt_mlpa"):
+        return
+    field = str(model.genomic.rna_embedding_field)
+    manifest = json.loads((path / MANIFEST).read_text())
+    stored = ((manifest.get("embeddings") or {}).get("fields") or {}).keys()
+    if field not in stored:
+        raise PgoError(
+            f"model.genomic.rna_encoder={encoder} reads the stored scGPT embedding {field!r} "
+            f"(model.genomic.rna_embedding_field), which shard set {path} does not hold "
+            f"(stored: {', '.join(sorted(stored)) or 'none'}); produce it with: pgo-shards "
+            f"embed-rna {path} --scgpt SCGPT_MODEL_DIR"
+        )
+    if encoder != "scgpt_mlpa":
+        return
+    weights = model.genomic.mlp_a_weights
+    how = (
+        "python launch/pretrain.py cells=CELL_SHARDS scgpt=SCGPT_MODEL_DIR (writes "
+        "<run_dir>/mlp_a.pt), then model.genomic.mlp_a_weights=<run_dir>/mlp_a.pt"
+    )
+    if weights is None:
+        raise PgoError(
+            "model.genomic.rna_encoder=scgpt_mlpa needs the pretrained MLP-A "
+            f"(model.genomic.mlp_a_weights is null); produce it with: {how}"
+        )
+    if not Path(str(weights)).is_file():
+        raise PgoError(
+            f"model.genomic.mlp_a_weights={weights}: no such file; produce it with: {how}"
         )
 
 

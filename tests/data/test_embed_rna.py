@@ -320,3 +320,30 @@ def test_patients_without_rna_get_zeros(tmp_path, pbmc_genes_values, ckpt):
     assert norms[table.row_of["P003"]] == 0 and np.allclose(
         np.delete(norms, table.row_of["P003"]), 1, atol=1e-5
     )
+
+
+def test_submit_names_the_command_for_each_missing_scgpt_input(shards, ckpt, tmp_path):
+    """model=path_gptomic (scGPT + frozen MLP-A) is refused at submit, before anything is
+    written, when the shard set has no stored embedding or MLP-A's weights are missing; each
+    refusal names the command that produces the input."""
+    from hpc_pgo.config import compose
+    from hpc_pgo.launch.submission import check_shards
+
+    def cfg(*extra: str):
+        return compose(["model=path_gptomic", f"data.shards={shards}", "folds=0", *extra])
+
+    with pytest.raises(PgoError, match=rf"does not hold \(stored: none\); produce it with: "
+                       rf"pgo-shards embed-rna {shards} --scgpt SCGPT_MODEL_DIR"):  # fmt: skip
+        check_shards(cfg())
+    check_shards(cfg("model.genomic.rna_encoder=snn"))  # the SNN route reads the RNA values
+    assert run(str(shards), "--scgpt", str(ckpt), "--max-length", "64") == 0
+    with pytest.raises(PgoError, match=r"mlp_a_weights is null\); produce it with: python "
+                       r"launch/pretrain.py cells=CELL_SHARDS scgpt=SCGPT_MODEL_DIR"):  # fmt: skip
+        check_shards(cfg())
+    check_shards(cfg("model.genomic.rna_encoder=scgpt"))  # scGPT alone needs no MLP-A
+    missing = tmp_path / "nowhere" / "mlp_a.pt"
+    with pytest.raises(PgoError, match=rf"mlp_a_weights={missing}: no such file; produce it"):
+        check_shards(cfg(f"model.genomic.mlp_a_weights={missing}"))
+    weights = tmp_path / "mlp_a.pt"
+    weights.write_bytes(b"")
+    check_shards(cfg(f"model.genomic.mlp_a_weights={weights}"))

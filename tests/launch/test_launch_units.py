@@ -152,6 +152,8 @@ def test_table3_sweep_lists_the_six_configurations_of_the_paper():
         ("scgpt_mlpa", "concat", "rho", 0.001, 15),
     ]
     assert {c.launch.fold_fn for _, c in runs[:6]} == {"hpc_pgo.train.fold.train_fold"}
+    # every entry is the paper's full model with what the ablation changes
+    assert {c.groups.model for _, c in runs[:6]} == {"path_gptomic"}
     assert runs[6][1].launch.fold_fn == "hpc_pgo.train.coxph.coxph_fold"
     with pytest.raises(PgoError, match="unknown sweep 'table9'.*valid: .*table3"):
         load_sweep("table9")
