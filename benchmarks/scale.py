@@ -11,13 +11,15 @@ every tile with >= 50% tissue kept) is written and built with `pgo-shards build 
 Then, each in a fresh process (no cache of an earlier measurement):
 
 - build: wall seconds of the build (slides already written), shard bytes;
-- start-up, one rank, share fixed: rank 0 of W = s ranks (each rank's share of the train split
-  is the same at every scale) opens fold 0, fits the train standardizer, indexes, verifies and
-  plans its first train epoch and reads its first batch (what a fold does before its first
-  step): seconds and the shards it indexed; then, in another process, the same under
+- fit: rank 0's fit of the fold's train standardizer (one read of each train patient's omics;
+  the other ranks load the file it saves): seconds and shards indexed;
+- start-up, one rank, share fixed: the last rank of W = s ranks (each rank's share of the train
+  split is the same at every scale) opens fold 0, loads the standardizer, indexes, verifies and
+  plans its first train epoch and reads its first batch (what a fold's rank does before its
+  first step): seconds and the shards it indexed; then, in another process, the same under
   tracemalloc: the peak of the Python and numpy memory it allocates (index, keys, plans,
   standardizer; MiB, "mem");
-- start-up, one rank, whole cohort: the same for rank 0 of 1;
+- start-up, one rank, whole cohort: the same for rank 0 of 1 (its fit not included);
 - epoch: units/s of one train epoch of fold 0 read by 2 ranks at once (two processes, the
   images decoded and augmented at --image-size, omics standardised; no model), after each
   rank's first batch (steady state); the better of two epochs.
@@ -57,14 +59,35 @@ TARGET_SLIDES, TARGET_TILES, TARGET_RANKS = 1500, 2000, 64
 # ----------------------------------------------------------------------------- probes (subprocess)
 
 
-def _loader_args(shard_dir: Path, image_size: int) -> dict:
+def _groups(shard_dir: Path) -> list[str]:
+    return sorted(json.loads((shard_dir / "manifest.json").read_text())["groups"])
+
+
+def probe_fit(shard_dir: Path, out: Path) -> dict:
+    """Rank 0's standardizer fit on fold 0's train patients, saved to `out` (the other ranks
+    of a fold load that file): seconds and shards indexed."""
+    from hpc_pgo.data import loader
+
+    opened = _tars_indexed(loader)
+    start = time.perf_counter()
+    data = loader.open_fold(shard_dir, 0)
+    loader.Standardizer.fit(shard_dir, data.train, _groups(shard_dir)).save(out)
+    return {
+        "seconds": time.perf_counter() - start,
+        "shards_indexed": None if opened is None else _tars_indexed(loader) - opened,
+        "patients": len(data.train),
+    }
+
+
+def _loader_args(shard_dir: Path, image_size: int, std: Path) -> dict:
     from hpc_pgo.data.loader import Standardizer, open_fold
 
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
-    groups = sorted(manifest["groups"])
-    data = open_fold(shard_dir, 0)
-    std = Standardizer.fit(shard_dir, data.train, groups)
-    return {"groups": groups, "image_size": image_size, "standardizer": std}
+    open_fold(shard_dir, 0)
+    return {
+        "groups": _groups(shard_dir),
+        "image_size": image_size,
+        "standardizer": Standardizer.load(std),
+    }
 
 
 def _tars_indexed(loader) -> int | None:
@@ -77,10 +100,13 @@ def _tars_indexed(loader) -> int | None:
     return cache_info().misses if cache_info is not None else None
 
 
-def probe_startup(shard_dir: Path, rank: int, world: int, image_size: int, batch: int) -> dict:
-    """What a fold's rank does before its first step, in this process: open fold 0, fit the
-    train standardizer, make_loader (train, epoch 0) and read the first batch. Seconds, peak RSS
-    and what the start-up added to it, shards indexed, units of its plan."""
+def probe_startup(
+    shard_dir: Path, std: Path, rank: int, world: int, image_size: int, batch: int
+) -> dict:
+    """What a fold's rank does before its first step, in this process, once rank 0 has saved
+    the standardizer: open fold 0, load the standardizer, make_loader (train, epoch 0) and read
+    the first batch. Seconds, peak RSS and what the start-up added to it, shards indexed, units
+    of its plan."""
     import torch  # noqa: F401  (imported before the clock: every rank has it already)
 
     from hpc_pgo.data import loader
@@ -89,7 +115,7 @@ def probe_startup(shard_dir: Path, rank: int, world: int, image_size: int, batch
     before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     opened = _tars_indexed(loader)
     start = time.perf_counter()
-    args = _loader_args(shard_dir, image_size)  # open_fold + the train standardizer, as a fold
+    args = _loader_args(shard_dir, image_size, std)
     fold_loader = loader.make_loader(
         shard_dir, 0, "train", batch_size=batch, rank=rank, world_size=world, num_workers=0,
         **args,
@@ -106,7 +132,9 @@ def probe_startup(shard_dir: Path, rank: int, world: int, image_size: int, batch
     }
 
 
-def probe_memory(shard_dir: Path, rank: int, world: int, image_size: int, batch: int) -> dict:
+def probe_memory(
+    shard_dir: Path, std: Path, rank: int, world: int, image_size: int, batch: int
+) -> dict:
     """The same start-up under tracemalloc: the peak of the Python and numpy allocations it
     makes (index, keys, plans, standardizer), in MiB. Separate from probe_startup: tracing
     slows the start-up it measures."""
@@ -117,7 +145,7 @@ def probe_memory(shard_dir: Path, rank: int, world: int, image_size: int, batch:
     from hpc_pgo.data import loader
 
     tracemalloc.start()
-    args = _loader_args(shard_dir, image_size)
+    args = _loader_args(shard_dir, image_size, std)
     fold_loader = loader.make_loader(
         shard_dir, 0, "train", batch_size=batch, rank=rank, world_size=world, num_workers=0,
         **args,
@@ -129,13 +157,13 @@ def probe_memory(shard_dir: Path, rank: int, world: int, image_size: int, batch:
 
 
 def _epoch_rank(args: tuple) -> tuple[int, float]:
-    shard_dir, rank, world, image_size, batch = args
+    shard_dir, std, rank, world, image_size, batch = args
     import torch
 
     from hpc_pgo.data import loader
 
     torch.set_num_threads(1)
-    kwargs = _loader_args(shard_dir, image_size)
+    kwargs = _loader_args(shard_dir, image_size, std)
     fold_loader = loader.make_loader(
         shard_dir, 0, "train", batch_size=batch, rank=rank, world_size=world, num_workers=0,
         **kwargs,
@@ -149,10 +177,10 @@ def _epoch_rank(args: tuple) -> tuple[int, float]:
     return units, time.perf_counter() - start
 
 
-def probe_epoch(shard_dir: Path, image_size: int, batch: int) -> dict:
+def probe_epoch(shard_dir: Path, std: Path, image_size: int, batch: int) -> dict:
     """One train epoch of fold 0 by 2 ranks in 2 processes: units/s after the first batches."""
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        out = pool.map(_epoch_rank, [(shard_dir, r, 2, image_size, batch) for r in (0, 1)])
+        out = pool.map(_epoch_rank, [(shard_dir, std, r, 2, image_size, batch) for r in (0, 1)])
     units = sum(u for u, _ in out)
     return {"units": units, "seconds": max(s for _, s in out),
             "units_per_s": units / max(s for _, s in out)}  # fmt: skip
@@ -201,16 +229,21 @@ def measure_scale(root: Path, scale: int, args: argparse.Namespace) -> dict:
         "bytes": sum(s["bytes"] for s in manifest["shards"]),
         "build_s": build_s,
     }
-    fixed = run_probe("startup", shards, 0, scale, args.image_size, args.batch)
-    whole = run_probe("startup", shards, 0, 1, args.image_size, args.batch)
-    memory_fixed = run_probe("memory", shards, 0, scale, args.image_size, args.batch)
-    memory_whole = run_probe("memory", shards, 0, 1, args.image_size, args.batch)
+    std = root / f"standardizer-x{scale}.json"
+    fit = run_probe("fit", shards, std)
+    # a rank other than 0 (the last one) when there are several: rank 0 also fits the standardizer
+    last = scale - 1
+    fixed = run_probe("startup", shards, std, last, scale, args.image_size, args.batch)
+    whole = run_probe("startup", shards, std, 0, 1, args.image_size, args.batch)
+    memory_fixed = run_probe("memory", shards, std, last, scale, args.image_size, args.batch)
+    memory_whole = run_probe("memory", shards, std, 0, 1, args.image_size, args.batch)
     # the better of two epochs: on a shared machine a slow one says more about the neighbours
     epoch = max(
-        (run_probe("epoch", shards, args.image_size, args.batch) for _ in range(2)),
+        (run_probe("epoch", shards, std, args.image_size, args.batch) for _ in range(2)),
         key=lambda e: e["units_per_s"],
     )
     row.update(
+        fit_s=fit["seconds"], fit_indexed=fit["shards_indexed"], train_patients=fit["patients"],
         startup_fixed_s=fixed["seconds"], rss_fixed_mb=memory_fixed["traced_peak_mb"],
         indexed_fixed=fixed["shards_indexed"], startup_whole_s=whole["seconds"],
         rss_whole_mb=memory_whole["traced_peak_mb"], indexed_whole=whole["shards_indexed"],
@@ -223,14 +256,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"\nscales {', '.join(str(r['scale']) for r in rows)} x {args.base_slides} slides of "
           f"{args.size} px; {args.workers} build workers; image {args.image_size} px; load "
           f"average {os.getloadavg()[0]:.2f}\n")  # fmt: skip
-    head = ("scale", "slides", "units", "shards", "MB", "build s", "start s (W=s)",
+    head = ("scale", "slides", "units", "shards", "MB", "build s", "fit s (idx)", "start s (W=s)",
             "mem MB (W=s)", "idx (W=s)", "start s (W=1)", "mem MB (W=1)", "idx (W=1)",
             "epoch units/s")  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         cells = (r["scale"], r["slides"], r["units"], r["shards"], f"{r['bytes'] / 2**20:.0f}",
-                 f"{r['build_s']:.1f}", f"{r['startup_fixed_s']:.2f}", f"{r['rss_fixed_mb']:.1f}",
+                 f"{r['build_s']:.1f}", f"{r['fit_s']:.2f} ({r['fit_indexed']})",
+                 f"{r['startup_fixed_s']:.2f}", f"{r['rss_fixed_mb']:.1f}",
                  r["indexed_fixed"], f"{r['startup_whole_s']:.2f}", f"{r['rss_whole_mb']:.1f}",
                  r["indexed_whole"], f"{r['epoch_units_per_s']:.0f}")  # fmt: skip
         print("| " + " | ".join(map(str, cells)) + " |")
@@ -242,6 +276,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         "rank start-up, share fixed": (slope(units, [r["startup_fixed_s"] for r in rows]), 0.2),
         "rank start-up memory, share fixed": (slope(units, [r["rss_fixed_mb"] for r in rows]), 0.2),
         "rank start-up, whole cohort": (slope(units, [r["startup_whole_s"] for r in rows]), None),
+        "rank 0's standardizer fit": (slope(units, [r["fit_s"] for r in rows]), None),
         "rank start-up memory, whole cohort": (
             slope(units, [r["rss_whole_mb"] for r in rows]),
             None,
@@ -277,14 +312,16 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
-        kind, shard_dir = sys.argv[2], Path(sys.argv[3])
-        if kind in ("startup", "memory"):
-            rank, world, image_size, batch = map(int, sys.argv[4:8])
+        kind, shard_dir, std = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+        if kind == "fit":
+            result = probe_fit(shard_dir, std)
+        elif kind in ("startup", "memory"):
+            rank, world, image_size, batch = map(int, sys.argv[5:9])
             probe = probe_startup if kind == "startup" else probe_memory
-            result = probe(shard_dir, rank, world, image_size, batch)
+            result = probe(shard_dir, std, rank, world, image_size, batch)
         else:
-            image_size, batch = map(int, sys.argv[4:6])
-            result = probe_epoch(shard_dir, image_size, batch)
+            image_size, batch = map(int, sys.argv[5:7])
+            result = probe_epoch(shard_dir, std, image_size, batch)
         print(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
