@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 import submitit
@@ -31,6 +32,27 @@ from hpc_pgo.launch.task import StopOnWarning
 from hpc_pgo.train.pretrain import compose_pretrain, pretrain
 
 log = logging.getLogger("pretrain")
+REQUEUE_POLL_S = 5.0
+
+
+def job_results(job: submitit.Job, poll_s: float = REQUEUE_POLL_S) -> list:
+    """job.results(), through requeues: submitit can take a requeued Slurm job for finished in
+    the moment between its first run's end and the requeued run (the first run's records say
+    CANCELLED DUE TO JOB REQUEUE, and the ranks that did not requeue left result pickles), and
+    then raises for the rank without a result. While squeue still lists the job, it is queued or
+    running again: wait and ask again; the requeued run writes every rank's result anew."""
+    from hpc_pgo.launch.executors import slurm_alive
+
+    while True:
+        try:
+            return job.results()
+        except Exception:
+            if not isinstance(job, submitit.SlurmJob) or not slurm_alive([job.job_id]):
+                raise
+            log.info("job %s: requeued; waiting for its next run", job.job_id)
+            time.sleep(poll_s)
+
+
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
@@ -119,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.cluster.kind == "slurm" and not args.wait:
         return 0
     try:
-        result = job.results()[0]
+        result = job_results(job)[0]
     except Exception as err:  # submitit's FailedJobError carries the job's traceback
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         print(
