@@ -49,6 +49,9 @@ def test_chained_folds_match_folds_alone_and_a_failure_stops_only_its_fold(
     assert first == "RuntimeError: fold 1 made to fail by PGO_TEST_FAIL_FOLD"
     # the fold after the failed one, in the same process, trained
     assert json.loads((chained.run_dir / "fold_2" / "metrics.json").read_text())["calls"] == 1
+    # the folds' files say finished before their process has ended: wait for it, then read
+    # what it logged last
+    jobs[0].wait()
     stderr = jobs[0].stderr() or ""
     assert "1 of the 3 folds of this process failed" in stderr
     assert "fold 1 made to fail" in stderr
