@@ -164,7 +164,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from hpc_pgo.atomic import write_bytes
-from hpc_pgo.errors import PgoError
+from hpc_pgo.errors import PgoError, check_options
 
 log = logging.getLogger(__name__)
 
@@ -761,15 +761,7 @@ def _check_options(**options) -> None:
 
 
 def _check_rules(options: dict, rules: dict) -> None:
-    for name, value in options.items():
-        valid, description = rules[name]
-        ok = False
-        try:
-            ok = not isinstance(value, bool) and bool(valid(value))
-        except TypeError:
-            pass
-        if not ok:
-            raise PgoError(f"demo cohort option {name}={value!r} is invalid: must be {description}")
+    check_options(options, rules, "demo cohort")
 
 
 def _cell_options(

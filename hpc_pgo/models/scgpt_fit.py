@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from hpc_pgo import atomic
-from hpc_pgo.errors import PgoError
+from hpc_pgo.errors import PgoError, check_options
 from hpc_pgo.models.scgpt import (
     CHECKPOINT_FILES,
     SPECIAL_TOKENS,
@@ -232,15 +232,7 @@ def _check_fit_options(**options) -> None:
         "mask_ratio": (lambda v: 0 < v < 1, "a fraction in (0, 1)"),
         "max_length": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (<cls> + a gene)"),
     }
-    for name, value in options.items():
-        valid, description = rules[name]
-        ok = False
-        try:
-            ok = not isinstance(value, bool) and bool(valid(value))
-        except TypeError:
-            pass
-        if not ok:
-            raise PgoError(f"fit-scgpt option {name}={value!r} is invalid: must be {description}")
+    check_options(options, rules, "fit-scgpt")
     if options["d_model"] % options["nheads"]:
         raise PgoError(
             f"fit-scgpt: d_model {options['d_model']} is not a multiple of nheads {options['nheads']}"
