@@ -215,7 +215,25 @@ class Array:
         if self.parallel:
             self._fill_slots()
         chained = self.folds_per_process > 1
-        return [fold_state(task, self.jobs.get(i), chained) for i, task in enumerate(self.tasks)]
+        states = [fold_state(task, self.jobs.get(i), chained) for i, task in enumerate(self.tasks)]
+        return self._requeued_are_running(states)
+
+    def _requeued_are_running(self, states: list[str]) -> list[str]:
+        """A Slurm fold that failed by its job's end alone (no error.txt) but that squeue still
+        lists was requeued: submitit takes the job for finished between its first run's end and
+        the requeued run (the first run's record says CANCELLED DUE TO JOB REQUEUE). It is
+        running; one squeue call for all such folds."""
+        ended = [
+            i for i, state in enumerate(states)
+            if state == FAILED and isinstance(self.jobs.get(i), submitit.SlurmJob)
+            and not (fold_dir(self.tasks[i].run_dir, self.tasks[i].fold) / ERROR_FILE).is_file()
+        ]  # fmt: skip
+        if ended:
+            alive = slurm_alive(self.jobs[i].job_id for i in ended)
+            for i in ended:
+                if self.jobs[i].job_id in alive:
+                    states[i] = RUNNING
+        return states
 
     def _fill_slots(self) -> None:
         """Start a process in each free slot with the next folds: folds_per_process of them, or

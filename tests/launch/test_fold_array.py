@@ -8,6 +8,7 @@
 (c) one fold made to fail is reported with its error while the other finishes;
 (d) one fold on 2 nodes x 1 task trains as 2 DeepSpeed ranks and equals the 1-rank fold to 1e-5.
 The local executor path (e) is in test_submit_cli.py.
+(f) a fold whose job submitit takes for ended mid-requeue counts as running while squeue lists it.
 
 The tiny config (conftest.tiny_args): genomic-only, 2 epochs of 7 steps, checkpoint every 2 steps.
 """
@@ -23,9 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pytest
+import submitit
 
 from hpc_pgo import hold
+from hpc_pgo.launch.executors import FAILED, RUNNING, Array, slurm_alive
 from hpc_pgo.launch.submission import Submission, submit, wait
+from hpc_pgo.launch.task import FoldTask
 from tests.launch.conftest import (
     _results_within,
     _scancel,
@@ -143,7 +147,8 @@ def test_b_fold_signalled_mid_training_requeues_and_resumes_to_the_same_predicti
         _scancel([job_id])  # nothing left held on the shared cluster
         raise
 
-    assert counts == {"done": 1, "failed": 0}
+    error = out / "error.txt"
+    assert counts == {"done": 1, "failed": 0}, error.read_text() if error.exists() else counts
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["calls"] == 2  # stopped once, resumed once
     log = sub.array.jobs[0].stderr() or ""
@@ -205,3 +210,35 @@ def test_d_one_fold_on_two_nodes_trains_as_two_ranks_and_equals_one_rank(
     got, want = predictions(sub.run_dir, fold), predictions(reference.run_dir, fold)
     assert got[["patient", "unit"]].equals(want[["patient", "unit"]])
     np.testing.assert_allclose(got["hazard"], want["hazard"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slurm
+def test_f_a_fold_whose_job_submitit_took_for_ended_is_running_while_squeue_lists_it(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """Between a requeued job's first run and its next one, sacct can report the first run's end
+    (CANCELLED DUE TO JOB REQUEUE) and submitit then caches the job as finished for good. The
+    fold is running while squeue lists the job, and failed once squeue no longer does.
+
+    The job is real and queued (held an hour by --begin); the watcher's cache is set to what it
+    holds after it read that one sacct answer."""
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
+    executor.update_parameters(
+        timeout_min=1, slurm_partition=slurm_cluster.partition,
+        slurm_additional_parameters={"begin": "now+3600"},
+    )  # fmt: skip
+    job = executor.submit(print, "never runs")
+    array = Array(tasks=[FoldTask(tmp_path / "run", 0)], jobs={0: job})
+    try:
+        assert array.poll() == [RUNNING]  # pending on its begin time
+        job.watcher._info_dict[job.job_id] = {"State": "CANCELLED"}
+        job.watcher._finished.add(job.job_id)
+        assert job.done()  # as submitit sees it now
+        assert array.poll() == [RUNNING]
+    finally:
+        _scancel([job.job_id])
+    deadline = time.monotonic() + 60
+    while slurm_alive([job.job_id]):
+        assert time.monotonic() < deadline, f"job {job.job_id} still listed after scancel"
+        time.sleep(0.2)
+    assert array.poll() == [FAILED]
