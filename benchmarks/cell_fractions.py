@@ -15,6 +15,15 @@ embedding to the fractions, fitted on 75% of the patients, R^2 on the other 25% 
 types, and of the fractions' risk score c = truth.csv cell_score). The ratio of fitted to random
 R^2 is printed; as a ceiling, the same probe on the bulk's log CPM (what a linear deconvolution
 sees), and the atlas's masked-expression loss on 300 held-out atlas cells before and after.
+
+Measured (benchmarks/cell_fractions.py, 200 patients, seed 0, 2 busy shared CPU cores, one
+torch thread; ridge probe from the L2-normalised <cls> embedding to the fractions, R^2 on 50
+held-out patients, mean over the 10 types). The tiny scGPT (d_model 64, 2 layers, batch 32):
+300 steps take 35-70 s (0.12-0.23 s/step) and cut held-out atlas cells' masked-expression loss
+to 0.18 of the random model's, but its bulk embeddings carry the fractions no better than random
+weights (R^2 0.51 vs 0.55); after 1000 steps (~300 s) they do (0.76 vs 0.55; the fractions' risk
+score 0.70 vs 0.61; single held-out cells typed 0.90 vs 0.56), near a probe on the bulks' own
+log CPM (0.82). Fit 1000 steps or more before reading anything into embeddings of this atlas.
 """
 
 from __future__ import annotations

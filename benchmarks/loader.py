@@ -37,14 +37,11 @@ import torch
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
-from hpc_pgo.data.loader import (
-    PLANS,
-    Standardizer,
-    index_shards,
-    make_loader,
-    open_fold,
-    split_keys,
-)
+from hpc_pgo.data.epochs import PLANS
+from hpc_pgo.data.folds import open_fold, split_keys
+from hpc_pgo.data.loader import make_loader
+from hpc_pgo.data.standardizer import Standardizer
+from hpc_pgo.data.tarindex import index_shards
 
 FOLD = 0
 GROUPS = ("cnv", "mut", "rna")

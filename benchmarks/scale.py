@@ -11,8 +11,9 @@ every tile with >= 50% tissue kept) is written and built with `pgo-shards build 
 Then, each in a fresh process (no cache of an earlier measurement):
 
 - build: wall seconds of the build (slides already written), shard bytes;
-- fit: rank 0's fit of the fold's train standardizer (one read of each train patient's omics;
-  the other ranks load the file it saves): seconds and shards indexed;
+- fit: rank 0's fit of the fold's train standardizer (one row per train patient from the
+  patient table, omics.npz; the other ranks load the file it saves): seconds and shards indexed
+  (0: no tar is read);
 - start-up, one rank, share fixed: the last rank of W = s ranks (each rank's share of the train
   split is the same at every scale) opens fold 0, loads the standardizer, indexes, verifies and
   plans its first train epoch and reads its first batch (what a fold's rank does before its
@@ -66,21 +67,23 @@ def _groups(shard_dir: Path) -> list[str]:
 def probe_fit(shard_dir: Path, out: Path) -> dict:
     """Rank 0's standardizer fit on fold 0's train patients, saved to `out` (the other ranks
     of a fold load that file): seconds and shards indexed."""
-    from hpc_pgo.data import loader
+    from hpc_pgo.data.folds import open_fold
+    from hpc_pgo.data.standardizer import Standardizer
 
-    opened = _tars_indexed(loader)
+    opened = _tars_indexed()
     start = time.perf_counter()
-    data = loader.open_fold(shard_dir, 0)
-    loader.Standardizer.fit(shard_dir, data.train, _groups(shard_dir)).save(out)
+    data = open_fold(shard_dir, 0)
+    Standardizer.fit(shard_dir, data.train, _groups(shard_dir)).save(out)
     return {
         "seconds": time.perf_counter() - start,
-        "shards_indexed": None if opened is None else _tars_indexed(loader) - opened,
+        "shards_indexed": _tars_indexed() - opened,
         "patients": len(data.train),
     }
 
 
 def _loader_args(shard_dir: Path, image_size: int, std: Path) -> dict:
-    from hpc_pgo.data.loader import Standardizer, open_fold
+    from hpc_pgo.data.folds import open_fold
+    from hpc_pgo.data.standardizer import Standardizer
 
     open_fold(shard_dir, 0)
     return {
@@ -90,14 +93,11 @@ def _loader_args(shard_dir: Path, image_size: int, std: Path) -> dict:
     }
 
 
-def _tars_indexed(loader) -> int | None:
-    """How many shard tars this process has indexed so far (the tar index's reads; the cache
-    misses of loaders before hpc_pgo.data.loader.TAR_INDEX)."""
-    index = getattr(loader, "TAR_INDEX", None)
-    if index is not None:
-        return index.reads
-    cache_info = getattr(loader._tar_samples, "cache_info", None)
-    return cache_info().misses if cache_info is not None else None
+def _tars_indexed() -> int:
+    """How many shard tars this process has indexed so far (the tar index's reads)."""
+    from hpc_pgo.data.tarindex import TAR_INDEX
+
+    return TAR_INDEX.reads
 
 
 def probe_startup(
@@ -113,7 +113,7 @@ def probe_startup(
 
     torch.set_num_threads(1)
     before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    opened = _tars_indexed(loader)
+    opened = _tars_indexed()
     start = time.perf_counter()
     args = _loader_args(shard_dir, image_size, std)
     fold_loader = loader.make_loader(
@@ -127,8 +127,8 @@ def probe_startup(
         "seconds": seconds,
         "peak_rss_mb": peak / 1024,
         "rss_growth_mb": (peak - before_rss) / 1024,
-        "shards_indexed": None if opened is None else _tars_indexed(loader) - opened,
-        "units": len(fold_loader.plan.keys) if hasattr(fold_loader, "plan") else None,
+        "shards_indexed": _tars_indexed() - opened,
+        "units": len(fold_loader.plan.keys),
     }
 
 
@@ -297,6 +297,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         big["units"] - big["units"] / big["scale"], 1
     )
     start_64 = big["startup_fixed_s"] + per_unit_start * share
+    # the fit reads one row per train patient: its time per patient at the largest scale
+    fit_per_patient = big["fit_s"] / big["train_patients"]
+    train_target = round(TARGET_SLIDES * big["train_patients"] / big["slides"])
+    fit_target = fit_per_patient * train_target
     print(
         f"\non paper: {TARGET_SLIDES} slides x {TARGET_TILES} tiles = {tiles:,} tiles, "
         f"{TARGET_RANKS} ranks ({share:,.0f} tiles each)\n"
@@ -306,7 +310,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"({core_s_per_tile * 1e3:.1f} core-ms per tile; {core_s_per_tile * tiles / 3600 / 64:.1f} "
         f"h on 64 cores)\n"
         f"  rank start-up    ~{start_64:.0f} s ({big['startup_fixed_s']:.2f} s fixed + "
-        f"{per_unit_start * 1e3:.3f} ms per unit of its share)"
+        f"{per_unit_start * 1e3:.3f} ms per unit of its share)\n"
+        f"  rank 0's fit     ~{fit_target:.1f} s ({fit_per_patient * 1e3:.2f} ms per train "
+        f"patient, {train_target:,} of them; no shard indexed)"
     )
 
 

@@ -5,7 +5,11 @@ The order of composition (later wins):
 1. ``base.yaml``; its ``groups`` mapping names the default choice of every group;
 2. for each group (``data``, ``model``, ``cluster``, ``deepspeed``): the file
    ``<group>/<choice>.yaml`` placed under the key ``<group>``; a ``<group>=<choice>`` token
-   picks another choice, and ``groups.<group>`` records the choice made;
+   picks another choice, and ``groups.<group>`` records the choice made. A group folder may hold
+   a base file, ``<group>/_base.yaml`` (configs/model has one): every choice of the group is then
+   merged onto it (OmegaConf.merge: mappings key by key, lists and values replaced), so a choice
+   states only what differs, and may set no key the base lacks. Files whose name starts with
+   ``_`` are not choices;
 3. the ``key=value`` tokens (an OmegaConf dotlist; values are YAML: ``[0,3]``, ``{a: 1}``,
    ``null``, ``1e-3``), in the order given, group choices having been applied first.
 
@@ -33,8 +37,10 @@ from hpc_pgo.errors import PgoError
 
 CONFIG_DIR_ENV = "HPC_PGO_CONFIGS"
 BASE_FILE = "base.yaml"
+GROUP_BASE_FILE = "_base.yaml"  # <group>/_base.yaml: what every choice of the group starts from
 GROUPS_KEY = "groups"
-_REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# The configs shipped with the code (beside the hpc_pgo package); the default configs directory.
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 _SYNTAX = "expected key=value (e.g. train.lr=0.001) or group=choice (e.g. data=tcga_kirc)"
 
 
@@ -48,7 +54,7 @@ def find_config_dir(explicit: str | os.PathLike | None = None) -> Path:
     elif os.environ.get(CONFIG_DIR_ENV):
         path, source = Path(os.environ[CONFIG_DIR_ENV]), f"from ${CONFIG_DIR_ENV}"
     else:
-        path, source = _REPO_CONFIGS, "beside the hpc_pgo package"
+        path, source = PACKAGE_CONFIGS, "beside the hpc_pgo package"
     if not (path / BASE_FILE).is_file():
         raise PgoError(
             f"config directory {path} ({source}) has no {BASE_FILE}; valid: a directory holding "
@@ -61,7 +67,7 @@ def group_choices(
     configs: str | os.PathLike | None = None, top_file: str = BASE_FILE
 ) -> dict[str, list[str]]:
     """Every group named in the top file's `groups` (base.yaml's by default), with its choices
-    (the .yaml stems of its folder)."""
+    (the .yaml stems of its folder, except those starting with '_', like the base _base.yaml)."""
     root = find_config_dir(configs)
     base = load_yaml(root / top_file)
     defaults = base.get(GROUPS_KEY)
@@ -75,8 +81,42 @@ def group_choices(
         folder = root / str(group)
         if not folder.is_dir():
             raise PgoError(f"{root / top_file}: group {group!r} has no folder {folder}")
-        choices[str(group)] = sorted(p.stem for p in folder.glob("*.yaml"))
+        choices[str(group)] = sorted(
+            p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")
+        )
     return choices
+
+
+def group_base(root: str | os.PathLike, group: str) -> DictConfig | None:
+    """The base file of a group, `<root>/<group>/_base.yaml`, or None when the group has none."""
+    path = Path(root) / group / GROUP_BASE_FILE
+    return load_yaml(path) if path.is_file() else None
+
+
+def load_group(root: str | os.PathLike, group: str, choice: str) -> DictConfig:
+    """One choice of a group as compose() places it under `group`: `<group>/<choice>.yaml`
+    merged onto the group's `_base.yaml` when there is one (else the file as it is).
+
+    Raises PgoError naming the file for a key the base does not define (a choice states only
+    values that differ from the base; a misspelt key would otherwise add a new one).
+    """
+    path = Path(root) / group / f"{choice}.yaml"
+    tree = load_yaml(path)
+    base = group_base(root, group)
+    if base is None:
+        return tree
+    outside = _keys_outside(OmegaConf.to_container(tree), OmegaConf.to_container(base))
+    if outside:
+        key, valid = outside[0]
+        close = difflib.get_close_matches(key.rpartition(".")[2], valid, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise PgoError(
+            f"{path}: key {group}.{key} is not in {Path(root) / group / GROUP_BASE_FILE} (a "
+            f"choice sets only keys of its group's base); {hint or 'valid: ' + ', '.join(valid)}"
+        )
+    merged = OmegaConf.merge(base, tree)
+    OmegaConf.set_struct(merged, None)  # the flags of a loaded file: compose sets struct later
+    return merged
 
 
 def compose(args: Sequence[str] = (), config_dir: str | os.PathLike | None = None) -> DictConfig:
@@ -114,7 +154,7 @@ def compose_file(
                 f"valid: {', '.join(names) or 'none: ' + str(root / group) + ' has no .yaml file'}"
             )
         cfg[GROUPS_KEY][group] = choice
-        cfg[group] = load_yaml(root / group / f"{choice}.yaml")
+        cfg[group] = load_group(root, group, choice)
 
     OmegaConf.set_struct(cfg, True)
     _open_pass_through_mappings(cfg)
@@ -292,7 +332,7 @@ def _other_choice_hint(
     having = [
         f"{group}={choice}"
         for choice in available[group]
-        if _defines(load_yaml(root / group / f"{choice}.yaml"), group, rest)
+        if _defines(load_group(root, group, choice), group, rest)
     ]
     if not having:
         return None
@@ -314,6 +354,19 @@ def _defines(tree: DictConfig, group: str, rest: str) -> bool:
         if f"{group}.{prefix}" in rules.OPEN_MAPPINGS:
             return True
     return True
+
+
+def _keys_outside(tree: dict, base: dict, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(dotted key, the keys valid at its level) for each key of `tree` that `base` lacks;
+    mappings present in both are compared key by key."""
+    found = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            found.append((path, [str(k) for k in base]))
+        elif isinstance(value, dict) and isinstance(base[key], dict):
+            found.extend(_keys_outside(value, base[key], path + "."))
+    return found
 
 
 def _leaf_keys(mapping: dict, prefix: str) -> list[str]:

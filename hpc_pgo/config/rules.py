@@ -1,8 +1,11 @@
 """What a composed config must satisfy, and the values derived from others.
 
 Checked here, at submit time, so that a bad value fails once on the command line rather than in
-every fold of a job array. The value sets mirror the registries of the concerns that use them
-(train.lr_schedule: hpc_pgo.engine.schedule.SCHEDULES; balance.mode: hpc_pgo.engine.modulation).
+every fold of a job array. The value sets are read from the registries of the code that uses
+them, never copied here: model.fusion, model.genomic.rna_encoder and model.modalities from
+hpc_pgo.config.registry (the names the models bind their builders to), train.lr_schedule from
+hpc_pgo.engine.schedule.SCHEDULES, balance.mode from hpc_pgo.engine.modulation.BALANCE_MODES,
+deepspeed.dtype and deepspeed.zero_optimization.stage from hpc_pgo.engine.engine.
 
 Derived values (null in the YAML means "derive"):
   wait                                     true on cluster=local, false on cluster=slurm
@@ -22,7 +25,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hpc_pgo.config import registry
 from hpc_pgo.config.folds import parse_folds
+from hpc_pgo.engine.engine import DTYPES, ZERO_STAGES
+from hpc_pgo.engine.global_batch import micro_batch
+from hpc_pgo.engine.modulation import BALANCE_MODES
+from hpc_pgo.engine.schedule import SCHEDULES
 from hpc_pgo.errors import PgoError
 
 # Mappings passed through to a tool as they are: any key may be added to them.
@@ -40,20 +48,20 @@ NULLABLE = frozenset(
     }
 )  # fmt: skip
 
-# Keys whose value must be one of a few names.
+# Keys whose value must be one of a few names: each registry's names, in its order.
 CHOICES: dict[str, tuple] = {
     "cluster.kind": ("local", "slurm"),
-    "deepspeed.zero_optimization.stage": (0, 1, 2),
+    "deepspeed.zero_optimization.stage": tuple(ZERO_STAGES),
     # auto: bf16 on CUDA, fp32 on CPU, decided by the engine on the fold's device
     # (hpc_pgo.engine.engine.deepspeed_config), since the submit host may have no GPU.
-    "deepspeed.dtype": ("fp32", "bf16", "auto"),
-    "model.fusion": ("concat", "kronecker"),
-    "model.genomic.rna_encoder": ("snn", "scgpt", "scgpt_mlpa", "none"),
-    "train.lr_schedule": ("linear", "cosine"),
-    "balance.mode": ("none", "rho"),
+    "deepspeed.dtype": tuple(DTYPES),
+    "model.fusion": registry.FUSIONS.names(),
+    "model.genomic.rna_encoder": registry.RNA_ENCODERS.names(),
+    "train.lr_schedule": tuple(SCHEDULES),
+    "balance.mode": tuple(BALANCE_MODES),
 }
 
-MODALITIES = ("genomic", "image")
+MODALITIES = registry.MODALITIES.names()
 
 # Numeric keys and their lower bound; (bound, True) is strict (> bound), (bound, False) is >=.
 LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
@@ -395,13 +403,12 @@ def _derive_micro_batch(cfg: DictConfig) -> None:
             f"deepspeed.train_batch_size={ds.train_batch_size} differs from train.batch_size={batch}; "
             "valid: set train.batch_size only"
         )
-    if batch % ranks:
-        raise PgoError(
-            f"train.batch_size={batch} does not split over {ranks} ranks per fold (cluster.nodes="
-            f"{cfg.cluster.nodes} x cluster.tasks_per_node={cfg.cluster.tasks_per_node}); valid: "
-            f"a multiple of {ranks}"
-        )
-    micro = batch // ranks
+    micro = micro_batch(
+        batch,
+        ranks,
+        ranks_from=f"cluster.nodes={cfg.cluster.nodes} x cluster.tasks_per_node="
+        f"{cfg.cluster.tasks_per_node}",
+    )
     given = ds.train_micro_batch_size_per_gpu
     if given is not None and given != micro:
         raise PgoError(

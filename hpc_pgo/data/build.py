@@ -17,19 +17,13 @@ OSError on the way (read-only file system, disk full) becomes one PgoError line 
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import glob
-import io
 import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import re
-import shutil
 import signal
-import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,19 +36,21 @@ from tqdm import tqdm
 import hpc_pgo
 from hpc_pgo.data import images as image_units
 from hpc_pgo.data.cohort import OmicsGroup, load_omics, load_spec, load_survival, resolve_spec
+from hpc_pgo.data.layouts import layout_of
+from hpc_pgo.data.members import TAR_OPTIONS, json_bytes, load_npy, npy_bytes, sha256_file
 from hpc_pgo.data.shards import (
-    MANIFEST,
     SCHEMA_VERSION,
     SHARD_GLOB,
     SHARD_PATTERN,
     patient_runs,
-    sha256_file,
     shard_record,
     verified_entry,
     write_manifest,
     write_verified,
 )
+from hpc_pgo.data.sidecar import OMICS_TABLE_KEY, write_patient_table
 from hpc_pgo.data.splits import SPLITTERS, read_split_table, restrict, split_source
+from hpc_pgo.data.staging import check_output_dir, staged_output
 from hpc_pgo.errors import PgoError
 from hpc_pgo.hold import Hold
 
@@ -62,14 +58,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE_MB = 256
 DEFAULT_SHARD_MAX_COUNT = 10000
-# Tar member metadata fixed for reproducible shards (webdataset's TarWriter options).
-TAR_OPTIONS = {
-    "mtime": 0,
-    "user": "hpc_pgo",
-    "group": "hpc_pgo",
-    "mode": 0o444,
-    "format": "PAX_FORMAT",
-}  # PAX: no 100-character limit on member names
 
 
 def default_workers() -> int:
@@ -113,18 +101,6 @@ class PatientResult:
     sizes: set[tuple[int, int]] = field(default_factory=set)
 
 
-def npy_bytes(vector: np.ndarray) -> bytes:
-    """A 1-D float32 vector as .npy bytes (numpy.save, allow_pickle=False)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-def json_bytes(value: Mapping) -> bytes:
-    """Compact JSON with sorted keys (the same record gives the same bytes)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
 def prepare_patient(task: PatientTask) -> PatientResult:
     """Samples of one patient: one per image unit (one per patient without images).
 
@@ -138,8 +114,9 @@ def prepare_patient(task: PatientTask) -> PatientResult:
     unavailable = dict(task.unavailable)
     if task.images is not None and task.files:
         reasons = []
+        layout = layout_of(task.images)
         for path in map(Path, task.files):
-            found, reason = image_units.file_units(path, task.images, task.image_format)
+            found, reason = layout.file_units(path, task.images, task.image_format)
             units += found
             if reason:
                 reasons.append(reason)
@@ -253,11 +230,8 @@ def gather_inputs(spec: Mapping) -> Inputs:
     _check_patient_ids(survival.index, spec["survival"]["path"])
     groups = load_omics(spec["omics"], spec["survival"], tables)
     images = spec["images"]
-    files = (
-        image_units.find_image_files(images["dir"], images["kind"], images["patient_regex"])
-        if images
-        else {}
-    )
+    layout = layout_of(images) if images else None  # how its image folder is read
+    files = layout.find_files(images["dir"], images["patient_regex"]) if layout else {}
     file_splits = split_columns = split_sha256 = None
     if spec["splits"]["kind"] == "file":
         section = spec["splits"]["file"]
@@ -266,8 +240,8 @@ def gather_inputs(spec: Mapping) -> Inputs:
         split_sha256 = sha256_file(Path(section["path"]))
     known = set(survival.index)
     dropped = []
-    if images:  # files of the image folder that are no image of the cohort: listed, not lost
-        for path, why in image_units.skipped_entries(images["dir"], images["kind"]):
+    if layout:  # files of the image folder that are no image of the cohort: listed, not lost
+        for path, why in layout.skipped_entries(images["dir"]):
             dropped.append(
                 {"patient": None, "unit": path.name, "reason": f"not an image file: {path}: {why}"}
             )
@@ -283,11 +257,11 @@ def gather_inputs(spec: Mapping) -> Inputs:
         )
     vectors = {name: _omics_vectors(g, survival.index) for name, g in groups.items()}
     image_format = placeholder = None
-    if images:
+    if layout:
         all_files = [p for patient_files in files.values() for p in patient_files]
-        image_format = image_units.cohort_format(images, all_files)
+        image_format = layout.image_format(images, all_files)
         if spec["missing"] == "mask":
-            size = image_units.unit_size(images, all_files[0])
+            size = layout.unit_size(images, all_files[0])
             placeholder = image_units.placeholder(image_format, size)
     tasks = []
     for patient, record in survival.iterrows():
@@ -314,155 +288,6 @@ def gather_inputs(spec: Mapping) -> Inputs:
             )
         )
     return Inputs(tasks, groups, dropped, file_splits, image_format, split_columns, split_sha256)
-
-
-# --------------------------------------------------------------------------- output directory
-
-
-def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse to replace anything but an empty directory or (with force) a shard set."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PgoError(f"output {out}: exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    if not (out / MANIFEST).is_file():
-        raise PgoError(
-            f"output {out}: not empty and holds no shard set ({MANIFEST}); refusing to replace it"
-        )
-    if not force:
-        raise PgoError(f"output {out}: already holds a shard set; pass --force to replace it")
-
-
-def _make_parents(path: Path, created: list[Path]) -> None:
-    """Create the missing parents of `path`, adding each to `created` as soon as it exists (so
-    that a failure half-way still knows what to remove)."""
-    for parent in [*reversed(path.parents)]:
-        if not parent.exists():
-            parent.mkdir()
-            created.append(parent)
-
-
-def _place(tmp: Path, out: Path) -> None:
-    """Move the finished shard set to `out`, replacing an old one (rename, rename, delete);
-    when the second rename fails the old set is renamed back."""
-    if out.exists() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}.old-{_owner()}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-
-
-# errno -> what to do, for the file-system errors an output meets
-_OUTPUT_HINTS = {
-    errno.ENOSPC: "free some space or give another --out",
-    errno.EDQUOT: "the disk quota is exceeded; free some space or give another --out",
-    errno.EROFS: "the file system is mounted read-only; give another --out",
-    errno.EACCES: "give a writable --out",
-    errno.EPERM: "give a writable --out",
-}
-
-
-def os_error_text(exc: OSError, default_path: Path | str | None = None) -> str:
-    """`<path>: <reason> [ERRNO]` of an OSError, for an `error:` line; a failed write() names no
-    path (then `default_path`), a rename names two (`src -> dst`)."""
-    name = errno.errorcode.get(exc.errno or 0)
-    reason = (exc.strerror or str(exc)) + (f" [{name}]" if name else "")
-    path = exc.filename if exc.filename is not None else default_path
-    if path is not None and exc.filename2 is not None:
-        path = f"{path} -> {exc.filename2}"
-    return reason if path is None else f"{path}: {reason}"
-
-
-def _output_side(path: str | os.PathLike | None, out: Path) -> bool:
-    """Whether a failing path is the output's (`out`, its parents, its temporary siblings and
-    what is in them), not an input's; a failed write() names no path: the output's."""
-    if path is None or not isinstance(path, str | os.PathLike):
-        return True
-    p = Path(os.path.abspath(path))
-    return p in out.parents or any(
-        q == out or (q.parent == out.parent and q.name.startswith(f".{out.name}."))
-        for q in (p, *p.parents)
-    )
-
-
-def output_error(exc: OSError, out: Path, kept: bool) -> PgoError:
-    """The one-line error for an OSError met while a shard set for `out` was being made: the
-    path (`out` when the system names none), the reason, what is left (`kept`: the shard set
-    that was there before, unchanged) and, for the output's paths, what to do."""
-    left = "the shard set there is unchanged" if kept else "nothing was left there"
-    hint = _OUTPUT_HINTS.get(exc.errno or 0) if _output_side(exc.filename, out) else None
-    return PgoError(
-        f"{os_error_text(exc, out)} while building {out}; {left}" + (f"; {hint}" if hint else "")
-    )
-
-
-def _owner() -> str:
-    """'<host>-<pid>': names this process's temporary siblings of an output directory."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_stages(out: Path) -> list[Path]:
-    """Delete the temporary siblings of `out` (.<name>.tmp-<host>-<pid>, .<name>.old-<host>-<pid>)
-    left by builds on THIS host whose process is gone (killed with SIGKILL, or the node lost
-    power); another host's, or a live process's, are left alone. Returns what was deleted."""
-    host = socket.gethostname()
-    removed = []
-    for kind in ("tmp", "old"):
-        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
-            owner = path.name[len(f".{out.name}.{kind}-") :]
-            owner_host, _, pid = owner.rpartition("-")
-            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `out` to write a shard set into; on success move it to
-    `out` (replacing an old set), on any error delete it and the parents this call created.
-    Leftovers of killed builds on this host are deleted first (remove_stale_stages).
-
-    An OSError on the way (read-only file system, no permission, disk full, quota) becomes a
-    PgoError (output_error): one line naming the path, after the same cleanup.
-    """
-    kept = out.is_dir() and any(out.iterdir())
-    created: list[Path] = []
-    tmp = out.with_name(f".{out.name}.tmp-{_owner()}")
-    try:
-        _make_parents(out, created)
-        for stale in remove_stale_stages(out):
-            log.warning("removed %s, left by a build that was killed", stale)
-        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier, killed build
-        tmp.mkdir()
-        yield tmp
-        _place(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in reversed(created):
-            if parent.exists() and not any(parent.iterdir()):
-                parent.rmdir()
-        if isinstance(exc, OSError):
-            raise output_error(exc, out, kept) from None
-        raise
 
 
 # --------------------------------------------------------------------------- build
@@ -566,10 +391,9 @@ def _image_manifest(images: Mapping | None, fmt: str | None, sizes: set) -> dict
     """The manifest's `image` entry: field format, kind of unit, size when all units share it."""
     if images is None:
         return None
-    kind = "slides" if images["kind"] == "slides" else ("tiles" if images["tile"] else "rois")
     return {
         "format": fmt,
-        "kind": kind,
+        "kind": layout_of(images).manifest_kind(images),
         "size": list(next(iter(sizes))) if len(sizes) == 1 else None,
     }
 
@@ -588,6 +412,23 @@ def _shard_entry(path: Path, held: Mapping[str, list[str]]) -> dict:
     return {**record, "patients": runs}
 
 
+def _patient_table(
+    directory: Path, rows: Mapping[str, dict], groups: list[str], missing: str
+) -> dict:
+    """Write the patient table (hpc_pgo.data.sidecar) from each patient's first sample (every
+    unit of a patient carries the same omics and mask) and return its manifest record."""
+    patients = list(rows)
+    values = {
+        g: np.stack([load_npy(rows[p][f"{g}.npy"]) for p in patients]).reshape(len(patients), -1)
+        for g in groups
+    }
+    available = None
+    if missing == "mask":
+        masks = [json.loads(rows[p]["mask.json"]) for p in patients]
+        available = {g: np.array([bool(m[g]) for m in masks]) for g in groups}
+    return write_patient_table(directory, patients, values, available)
+
+
 def write_shards(
     inputs: Inputs,
     spec: Mapping,
@@ -604,6 +445,7 @@ def write_shards(
     sizes: set = set()
     units = 0
     held: dict[str, list[str]] = {}  # shard name -> the patient of each of its samples, in order
+    rows: dict[str, dict] = {}  # patient -> its first sample: its row of the patient table
     pattern = str(directory).replace("%", "%%") + "/" + SHARD_PATTERN
     hold = Hold.from_env("build")  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
     if spec["images"] is None:
@@ -635,6 +477,7 @@ def write_shards(
             dropped += result.dropped
             sizes |= result.sizes
             if result.samples:
+                rows[task.patient] = result.samples[0]
                 units += len(result.samples)
                 patients[task.patient] = {
                     "units": len(result.samples),
@@ -678,6 +521,7 @@ def write_shards(
         "patients": patients,
         "shards": [_shard_entry(p, held) for p in sorted(directory.glob(SHARD_GLOB))],
         "splits": split_record,
+        OMICS_TABLE_KEY: _patient_table(directory, rows, list(inputs.groups), spec["missing"]),
         "dropped": sorted(dropped, key=lambda d: (d["patient"] or "", d["unit"] or "")),
         "missing": spec["missing"],
         "spec": dict(spec),

@@ -54,7 +54,7 @@ import yaml
 from tqdm import tqdm
 
 import hpc_pgo
-from hpc_pgo.data.build import TAR_OPTIONS, check_output_dir, json_bytes, staged_output
+from hpc_pgo.data.members import TAR_OPTIONS, json_bytes, load_npy, npy_bytes, sha256_file
 from hpc_pgo.data.shards import (
     SCHEMA_VERSION,
     SHARD_GLOB,
@@ -62,12 +62,11 @@ from hpc_pgo.data.shards import (
     VerifyReport,
     digest_problem,
     iter_samples,
-    load_npy,
     read_manifest,
-    sha256_file,
     shard_record,
     write_manifest,
 )
+from hpc_pgo.data.staging import check_output_dir, staged_output
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ def read_label_map(path: str | os.PathLike) -> LabelMap:
 # --------------------------------------------------------------------------- reading the h5ad
 
 
-def _open_h5ad(path: Path) -> h5py.File:
+def open_h5ad(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:
@@ -141,7 +140,7 @@ def _open_h5ad(path: Path) -> h5py.File:
         raise PgoError(f"--h5ad {path}: not an HDF5 (.h5ad) file ({err})") from None
 
 
-def _matrix(f: h5py.File, path: Path, layer: str | None) -> Any:
+def expression_matrix(f: h5py.File, path: Path, layer: str | None) -> Any:
     """The expression matrix as a row-sliceable object (anndata's backed sparse dataset, or the
     h5py dataset of a dense matrix): X, or layers/<layer>. Nothing is read yet."""
     from anndata.io import sparse_dataset
@@ -235,26 +234,18 @@ def cell_tokens(
 # --------------------------------------------------------------------------- writing
 
 
-def _npy(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def cell_sample(row: int, obs_name: str, source_type: str, label: int, genes, values) -> dict:
     """The WebDataset sample of one cell (fields in FIELDS, bytes)."""
     return {
         "__key__": f"c{row:09d}",
-        "genes.npy": _npy(np.ascontiguousarray(genes, dtype=np.int64)),
-        "values.npy": _npy(np.ascontiguousarray(values, dtype=np.float32)),
+        "genes.npy": npy_bytes(genes, np.int64),
+        "values.npy": npy_bytes(values, np.float32),
         "label.cls": str(label).encode(),
         "cell.json": json_bytes({"obs_name": obs_name, "type": source_type}),
     }
 
 
-def _check_values(block: sp.csr_matrix, start: int, path: Path, where: str) -> None:
+def check_values(block: sp.csr_matrix, start: int, path: Path, where: str) -> None:
     if block.nnz and not np.all(np.isfinite(block.data)):
         row = start + int(
             np.searchsorted(block.indptr, np.flatnonzero(~np.isfinite(block.data))[0], "right") - 1
@@ -301,10 +292,10 @@ def write_cells(
             f"shard limits: size {shard_size_mb} MB and count {shard_max_count} must be positive"
         )
     check_output_dir(out, force)
-    with _open_h5ad(path) as f:
+    with open_h5ad(path) as f:
         types, obs_names = read_cell_types(f, path, label_col)
         genes = read_gene_names(f, path, gene_col)
-        matrix = _matrix(f, path, layer)
+        matrix = expression_matrix(f, path, layer)
         n_rows, n_cols = matrix.shape
         if n_cols != len(genes) or n_rows != len(types):
             raise PgoError(
@@ -375,7 +366,7 @@ def _write_samples(
         encoder=False, **TAR_OPTIONS,
     ) as sink:  # fmt: skip
         for start, block in iter_rows(matrix, n_rows):
-            _check_values(block, start, path, where)
+            check_values(block, start, path, where)
             for offset in range(block.shape[0]):
                 row = start + offset
                 source = types[row]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hpc_pgo.data.layouts import DEFAULT_KIND, LAYOUTS, get_layout
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
@@ -219,18 +220,10 @@ def _images_from_args(args: argparse.Namespace, images: dict | None) -> dict | N
     _set(images, "dir", _absolute(args.images))
     _set(images, "kind", args.image_kind)
     _set(images, "patient_regex", args.patient_regex)
-    if images.get("kind", "rois") == "slides":
-        slides = dict(images.get("slides") or {})
-        _set(slides, "tile_size", args.tile_size)
-        _set(slides, "magnification", args.magnification)
-        _set(slides, "max_tiles", args.max_tiles)
-        _set(slides, "tissue_threshold", args.tissue_threshold)
-        images["slides"], images["tile"] = slides, None
-    elif args.tile_size is not None or args.tile_stride is not None:
-        tile = dict(images.get("tile") or {})
-        _set(tile, "size", args.tile_size)
-        _set(tile, "stride", args.tile_stride)
-        images["tile"] = tile
+    # the tiling flags go to the kind's own section; an unknown kind is refused by resolve_spec
+    layout = get_layout(images.get("kind", DEFAULT_KIND))
+    if layout is not None:
+        layout.apply_flags(images, vars(args))
     return images
 
 
@@ -324,18 +317,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
     for note in report.notes:
         print(f"note: {note}")
-    if report.ok and report.verified:  # loaders then trust these shards without hashing them
-        from hpc_pgo.data.shards import VERIFIED, read_manifest, write_verified
+    if report.ok:
+        from hpc_pgo.data.shards import read_manifest
 
-        try:
-            write_verified(args.dir, read_manifest(args.dir), report.verified)
-        except OSError as exc:  # a read-only copy: still verified, only not recorded
-            print(
-                f"note: {VERIFIED} not written ({exc.strerror or exc}); loaders will hash the "
-                "shards they read"
-            )
+        _record_verified(args.dir, read_manifest(args.dir), report)
     print(report.summary())
     return 0 if report.ok else EXIT_MISMATCH
+
+
+def _record_verified(directory: str, manifest: dict, report) -> None:
+    """verified.json for the shards the report hashed (verify, seal): loaders then trust them
+    without hashing them again. A read-only copy is still verified, only not recorded."""
+    from hpc_pgo.data.shards import VERIFIED, write_verified
+
+    if not report.verified:
+        return
+    try:
+        write_verified(directory, manifest, report.verified)
+    except OSError as exc:
+        print(
+            f"note: {VERIFIED} not written ({exc.strerror or exc}); loaders will hash the "
+            "shards they read"
+        )
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
@@ -371,6 +374,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
         print(f"seal {args.dir}: refused, verify finds {len(problems)} problems; rebuild it")
         return EXIT_MISMATCH
     write_manifest(args.dir, manifest)
+    _record_verified(args.dir, manifest, report)
     print(f"sealed {path}: {report.shards} shards, {report.samples} samples verified")
     return 0
 
@@ -430,8 +434,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     output (removed afterwards; a fixed name, so that the manifest's spec paths, and hence
     the manifest, are the same on every run).
     """
-    from hpc_pgo.data.build import build_cohort, check_output_dir
+    from hpc_pgo.data.build import build_cohort
     from hpc_pgo.data.demo import ATLAS_FILE, LABEL_MAP_FILE, write_demo_cohort
+    from hpc_pgo.data.staging import check_output_dir
 
     out = Path(args.out).expanduser().resolve()
     check_output_dir(out, args.force)  # fail before simulating
@@ -597,7 +602,7 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("images (omit for an omics-only cohort)")
     g.add_argument("--images", metavar="DIR", help="folder of ROI images or slides")
-    g.add_argument("--image-kind", choices=("rois", "slides"))
+    g.add_argument("--image-kind", choices=tuple(LAYOUTS))
     g.add_argument(
         "--patient-regex",
         help="regex with (?P<patient>...) over file names (default '^(?P<patient>.+?)_')",
@@ -734,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except OSError as exc:  # the file system said no (read-only, permission, full): one line
         log.info("%s", exc, exc_info=True)  # the traceback, with --verbose
-        from hpc_pgo.data.build import os_error_text
+        from hpc_pgo.data.staging import os_error_text
 
         print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

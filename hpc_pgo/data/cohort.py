@@ -34,6 +34,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from hpc_pgo.data.layouts import DEFAULT_KIND, LAYOUTS, get_layout, sections
+from hpc_pgo.data.layouts.checks import check_keys as _check_keys
+from hpc_pgo.data.layouts.checks import integer as _integer
+from hpc_pgo.data.layouts.checks import mapping as _mapping
+from hpc_pgo.data.layouts.checks import number as _number
+from hpc_pgo.data.layouts.checks import string as _string
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
@@ -41,49 +47,20 @@ log = logging.getLogger(__name__)
 SPEC_KEYS = ("cohort", "survival", "omics", "images", "splits", "missing", "data_dir")
 MISSING_POLICIES = ("drop", "mask")
 SPLIT_KINDS = ("file", "random", "kfold")
-IMAGE_KINDS = ("rois", "slides")
 SAME_TABLE = "same"  # omics path meaning "the survival table"
 
 
 # --------------------------------------------------------------------------- spec validation
 
 
-def _check_keys(section: Mapping, valid: tuple[str, ...], where: str) -> None:
-    """Reject keys outside `valid` (catches typos that would otherwise be ignored)."""
-    for key in section:
-        if key not in valid:
-            raise PgoError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-
-
-def _mapping(value: Any, where: str) -> dict:
-    """A copy of `value` without the keys set to None (None means "not given", the default)."""
-    if not isinstance(value, Mapping):
-        raise PgoError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-    return {k: v for k, v in value.items() if v is not None}
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise PgoError(f"{where}: expected a non-empty string, got {value!r}")
-    return value
+# _check_keys, _mapping, _string, _integer, _number: hpc_pgo.data.layouts.checks (the layouts'
+# option sections use them too)
 
 
 def _path(value: Any, base: Path, where: str) -> str:
     """Absolute path of `value`, relative paths taken from `base` (the spec file's directory)."""
     p = Path(_string(value, where)).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _integer(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PgoError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(value: Any, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
-        raise PgoError(f"{where}: expected a number in ({low}, {high}), got {value!r}")
-    return float(value)
 
 
 def _resolve_survival(raw: Any, base: Path) -> dict:
@@ -165,13 +142,17 @@ def _resolve_omics(raw: Any, base: Path, survival: dict) -> list[dict]:
 
 
 def _resolve_images(raw: Any, base: Path) -> dict | None:
+    """The images section: kind (a layout of hpc_pgo.data.layouts), dir, patient_regex, and
+    one key per layout's option section (images.tile, images.slides), None but the kind's own,
+    which its layout checks and fills."""
     if raw is None:
         return None
     im = _mapping(raw, "images")
-    _check_keys(im, ("kind", "dir", "patient_regex", "tile", "slides"), "images")
-    kind = im.get("kind", "rois")
-    if kind not in IMAGE_KINDS:
-        raise PgoError(f"images.kind: {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
+    _check_keys(im, ("kind", "dir", "patient_regex", *sections()), "images")
+    kind = im.get("kind", DEFAULT_KIND)
+    layout = get_layout(kind)
+    if layout is None:
+        raise PgoError(f"images.kind: {kind!r} is not one of {', '.join(LAYOUTS)}")
     if "dir" not in im:
         raise PgoError("images: missing key 'dir' (the folder of ROI images or slides)")
     regex = im.get("patient_regex", r"^(?P<patient>.+?)_")
@@ -187,44 +168,12 @@ def _resolve_images(raw: Any, base: Path) -> dict | None:
         "kind": kind,
         "dir": _path(im["dir"], base, "images.dir"),
         "patient_regex": regex,
-        "tile": None,
-        "slides": None,
+        **dict.fromkeys(sections()),
     }
-    if kind == "rois" and im.get("tile") is not None:
-        tile = _mapping(im["tile"], "images.tile")
-        _check_keys(tile, ("size", "stride"), "images.tile")
-        size = _integer(tile.get("size"), "images.tile.size", 1)
-        out["tile"] = {
-            "size": size,
-            "stride": _integer(tile.get("stride", size), "images.tile.stride", 1),
-        }
-    if kind == "rois" and im.get("slides") is not None:
-        raise PgoError("images.slides: only valid with images.kind: slides")
-    if kind == "slides":
-        if im.get("tile") is not None:
-            raise PgoError(
-                "images.tile: only valid with images.kind: rois (slides use images.slides)"
-            )
-        raw_slides = im.get("slides") or {}
-        sl = _mapping(raw_slides, "images.slides")
-        keys = ("magnification", "tile_size", "max_tiles", "tissue_threshold")
-        _check_keys(sl, keys, "images.slides")
-        # magnification: null (written out) means level 0 as scanned; absent means 20x
-        native = "magnification" in raw_slides and raw_slides["magnification"] is None
-        mag = None if native else sl.get("magnification", 20)
-        if not native and (isinstance(mag, bool) or not isinstance(mag, int | float) or mag <= 0):
-            raise PgoError(
-                f"images.slides.magnification: expected a number > 0 or null (level "
-                f"0 as scanned), got {mag!r}"
-            )
-        out["slides"] = {
-            "magnification": mag,
-            "tile_size": _integer(sl.get("tile_size", 256), "images.slides.tile_size", 1),
-            "max_tiles": _integer(sl.get("max_tiles", 64), "images.slides.max_tiles", 1),
-            "tissue_threshold": _number(
-                sl.get("tissue_threshold", 0.5), "images.slides.tissue_threshold", -1e-9, 1 + 1e-9
-            ),
-        }
+    out[layout.section] = layout.resolve_section(im)
+    for other in LAYOUTS.values():
+        if other is not layout and im.get(other.section) is not None:
+            raise PgoError(f"images.{other.section}: only valid with images.kind: {other.kind}")
     return out
 
 

@@ -73,8 +73,8 @@ genomic_strength * sat(g_i).
 --image-strength 0.8`` (chosen on other seeds; configs/README.md "The demo preset"): the omics
 are the strong, easily learnt modality (a few latent programs behind many features, learnt by a
 linear-like SNN in a few steps), the images carry an independent, complementary part that a CNN
-trained from scratch has to find in the nuclei. The defaults (150 x 2 ROIs, strengths 1.0 / 0.6,
-no saturation, contrast 1) reproduce the earlier cohort byte for byte.
+trained from scratch has to find in the nuclei. The defaults are 150 x 2 ROIs, strengths 1.0 / 0.6,
+no saturation, contrast 1.
 
 Survival: Weibull proportional hazards with shape k and baseline scale lambda0 = 60 months,
 h(t | theta) = (k / lambda0) (t / lambda0)^(k-1) exp(theta), drawn by inversion with
@@ -138,15 +138,8 @@ x_cj ~ Poisson(L_c P_tj g_cj), g ~ Gamma(2, 1/2): sparse (~40-50% zeros), overdi
 as it is; `pgo-shards fit-scgpt --h5ad cells.h5ad` fits a tiny scGPT on it
 (hpc_pgo.models.scgpt_fit). Without --cohort-dir, `pgo-shards demo` moves the two atlas files to
 ``<out>-atlas/`` beside the shard set and prints where.
-
-Measured (benchmarks/cell_fractions.py, 200 patients, seed 0, 2 busy shared CPU cores, one
-torch thread; ridge probe from the L2-normalised <cls> embedding to the fractions, R^2 on 50
-held-out patients, mean over the 10 types). The tiny scGPT (d_model 64, 2 layers, batch 32):
-300 steps take 35-70 s (0.12-0.23 s/step) and cut held-out atlas cells' masked-expression loss
-to 0.18 of the random model's, but its bulk embeddings carry the fractions no better than random
-weights (R^2 0.51 vs 0.55); after 1000 steps (~300 s) they do (0.76 vs 0.55; the fractions' risk
-score 0.70 vs 0.61; single held-out cells typed 0.90 vs 0.56), near a probe on the bulks' own
-log CPM (0.82). Fit 1000 steps or more before reading anything into embeddings of this atlas.
+Whether scGPT embeddings of these bulks carry the fractions, and after how many fitting steps,
+is measured by benchmarks/cell_fractions.py (its docstring has the figures).
 """
 
 from __future__ import annotations

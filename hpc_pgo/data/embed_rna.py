@@ -39,145 +39,26 @@ given; the model then sees each gene's level relative to the cohort, which is no
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hpc_pgo import atomic
-from hpc_pgo.data.shards import MANIFEST, read_manifest, sha256_file, write_manifest
+from hpc_pgo.data.members import sha256_file
+from hpc_pgo.data.patients import patient_vectors
+from hpc_pgo.data.shards import MANIFEST, read_manifest, write_manifest
+from hpc_pgo.data.sidecar import SIDE_CAR, write_side_car
 from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
 
-SIDE_CAR = "rna_emb.npz"
 FIELD_SCGPT = "rna_emb"
 FIELD_MLPA = "rna_mlpa"
 # hpc_pgo.models.scgpt's TRANSFORMS and PRECISIONS, named here so that the CLI parser does not
 # import scgpt (several seconds) for every pgo-shards command
 TRANSFORM_NAMES = ("none", "exp2", "rank")
 PRECISION_NAMES = ("auto", "fp32", "bf16")
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same arrays give the same bytes
-
-
-# --------------------------------------------------------------------------- the side-car file
-
-
-def write_side_car(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as an .npz (zip of .npy, readable by np.load(allow_pickle=False)), atomically."""
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(
-                buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False
-            )
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME), buffer.getvalue())
-    atomic.write_bytes(path, archive.getvalue())
-
-
-@dataclass(frozen=True)
-class EmbeddingTable:
-    """The side-car's arrays: fields[name] float32 (N, d), row_of[patient] -> row."""
-
-    fields: dict[str, np.ndarray]
-    row_of: dict[str, int]
-
-    def rows(self, field: str, patients: list[str]) -> np.ndarray:
-        """float32 (B, d) of `field` for `patients` (B,)."""
-        table = self.fields[field]
-        if not patients:
-            return np.zeros((0, table.shape[1]), dtype=np.float32)
-        return table[[self.row_of[p] for p in patients]]
-
-
-def read_embeddings(
-    shard_dir: Path | str, manifest: Mapping, *, verify: bool = True
-) -> EmbeddingTable:
-    """The embedding side-car recorded in `manifest`, checked (sha256 with verify, fields, patients).
-
-    PgoError naming the file when it is absent, altered, or lacks a field or a patient.
-    """
-    shard_dir = Path(shard_dir)
-    record = manifest.get("embeddings")
-    if not record:
-        raise PgoError(
-            f"{shard_dir / MANIFEST}: no embeddings recorded; run `pgo-shards embed-rna` first"
-        )
-    path = shard_dir / record["file"]
-    if not path.is_file():
-        raise PgoError(f"{path}: missing, but {MANIFEST} records it; re-run `pgo-shards embed-rna`")
-    if path.stat().st_size != record["bytes"] or (verify and sha256_file(path) != record["sha256"]):
-        raise PgoError(
-            f"{path}: differs from the sha256 in {MANIFEST} (replaced or damaged); re-run `pgo-shards embed-rna`"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise PgoError(f"{path}: not a readable .npz ({err})") from err
-    patients = [str(p) for p in arrays.pop("patients", np.zeros(0, str))]
-    missing = [p for p in manifest["patients"] if p not in set(patients)]
-    if missing:
-        raise PgoError(
-            f"{path}: no embedding for patient {missing[0]!r} ({len(missing)} such); re-run `pgo-shards embed-rna`"
-        )
-    fields = {}
-    for name, spec in record["fields"].items():
-        table = arrays.get(name)
-        if table is None or table.shape != (len(patients), spec["dim"]):
-            raise PgoError(
-                f"{path}: field {name!r} absent or not ({len(patients)}, {spec['dim']}) as {MANIFEST} says"
-            )
-        fields[name] = table.astype(np.float32, copy=False)
-    return EmbeddingTable(fields=fields, row_of={p: i for i, p in enumerate(patients)})
-
-
-# --------------------------------------------------------------------------- reading the RNA
-
-
-def patient_vectors(
-    shard_dir: Path, manifest: Mapping, group: str, *, verify: bool = True
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(patients sorted, values float64 (N, F), available bool (N,)) of omics `group`, from each
-    patient's first unit (every unit of a patient carries the same vector)."""
-    from hpc_pgo.data.loader import EpochPlan, UnitSpec, decode_unit, index_shards, read_batches
-
-    if group not in manifest["groups"]:
-        have = ", ".join(manifest["groups"]) or "none"
-        raise PgoError(
-            f"{shard_dir / MANIFEST}: no omics group '{group}' to embed; it has: {have} (--group)"
-        )
-    index = index_shards(shard_dir, manifest, verify=verify)
-    first: dict[str, str] = {}
-    for key, patient in index.patient_of.items():
-        first.setdefault(patient, key)
-    patients = sorted(first)
-    spec = UnitSpec(
-        split="test",
-        image_size=None,
-        image_format=None,
-        groups={group: len(manifest["groups"][group])},
-        masked=manifest.get("missing") == "mask",
-        seed=0,
-        epoch=0,
-    )
-    plan = EpochPlan(shard_order=(), batches=(tuple(first[p] for p in patients),))
-    (samples,) = read_batches(
-        [0], plan=plan, index=index, shard_dir=shard_dir, suffixes=spec.suffixes
-    )
-    units = [decode_unit(s, spec) for s in samples]
-    values = (
-        np.stack([u[group] for u in units]).astype(np.float64)
-        if units
-        else np.zeros((0, len(manifest["groups"][group])))
-    )
-    available = np.array([not spec.masked or bool(u["mask"][group]) for u in units], dtype=bool)
-    return patients, values, available
 
 
 def values_digest(patients: list[str], values: np.ndarray) -> str:
@@ -240,7 +121,14 @@ def embed_rna(
             options.selection,
             options.max_length - 1,
         )
-    patients, values, available = patient_vectors(shard_dir, manifest, options.group, verify=verify)
+    group = options.group
+    if group not in manifest["groups"]:
+        have = ", ".join(manifest["groups"]) or "none"
+        raise PgoError(
+            f"{shard_dir / MANIFEST}: no omics group '{group}' to embed; it has: {have} (--group)"
+        )
+    vectors = patient_vectors(shard_dir, manifest, [group], verify=verify)
+    patients, values, available = vectors.patients, vectors.values[group], vectors.available[group]
     genes = list(
         (manifest.get("genes") or {}).get(options.group) or manifest["groups"][options.group]
     )

@@ -30,10 +30,11 @@ from PIL import Image
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from hpc_pgo import atomic
+from hpc_pgo.data.members import MANIFEST, load_npy, sha256_file
+from hpc_pgo.data.sidecar import AVAILABLE, OMICS_TABLE, read_patient_table
 from hpc_pgo.errors import PgoError
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 # sha256 of the manifest's canonical text without this key (manifest_digest); written by
 # write_manifest, checked by read_manifest (the loader, embed-rna, cells) and by verify
 DIGEST_KEY = "manifest_sha256"
@@ -105,15 +106,6 @@ def read_manifest(directory: Path | str, *, check_digest: bool = True) -> dict:
 
 
 # --------------------------------------------------------------------------- shard records
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def count_samples(path: Path) -> int:
@@ -233,11 +225,6 @@ def trusted(record: Mapping[str, dict], entry: Mapping, stat: os.stat_result) ->
 def _decode_image(data: bytes) -> None:
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-
-
-def load_npy(data: bytes) -> np.ndarray:
-    """A .npy field, never unpickling."""
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 @dataclass
@@ -376,6 +363,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
         )
         return report
     checker = _SampleChecker(manifest)
+    table = _patient_table(directory, manifest, report)
     listed = {s["name"] for s in manifest["shards"]}
     for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
         report.problems.append(f"shard {extra}: present but not in the manifest")
@@ -413,7 +401,10 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
                     )
                 seen.add(sample["__key__"])
                 if decode:
-                    for problem in checker.check(sample):
+                    problems = checker.check(sample)
+                    if table is not None and not problems:
+                        problems = _table_problems(sample, table, manifest)
+                    for problem in problems:
                         report.problems.append(
                             f"shard {entry['name']} sample {sample['__key__']}: {problem}"
                         )
@@ -443,6 +434,45 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
     if note:
         report.notes.append(note)
     return report
+
+
+def _patient_table(directory: Path, manifest: Mapping, report: VerifyReport) -> dict | None:
+    """The patient table's rows by patient ({group: row, AVAILABLE + group: flag}), or None: a
+    set built before the table (a note) or a table that does not read (a problem)."""
+    try:
+        table = read_patient_table(directory, manifest)
+    except PgoError as exc:
+        report.problems.append(str(exc))
+        return None
+    if table is None:
+        report.notes.append(
+            f"no patient table ({OMICS_TABLE}; built before it): the standardizer and embed-rna "
+            "read each patient's first unit instead; rebuild to add it"
+        )
+        return None
+    return {
+        patient: {
+            **{group: values[row] for group, values in table.values.items()},
+            **{AVAILABLE + group: flags[row] for group, flags in table.available.items()},
+        }
+        for patient, row in table.row_of.items()
+    }
+
+
+def _table_problems(sample: Mapping, table: Mapping[str, dict], manifest: Mapping) -> list[str]:
+    """Where a sample's omics differ from its patient's row of the patient table."""
+    patient = patient_of_key(sample["__key__"], manifest["patients"])
+    row = table.get(patient)
+    if row is None:
+        return [f"patient {patient!r}: no row in {OMICS_TABLE}"]
+    problems = []
+    mask = json.loads(sample["mask.json"]) if "mask.json" in sample else None
+    for group in manifest["groups"]:
+        if not np.array_equal(load_npy(sample[f"{group}.npy"]), row[group]):
+            problems.append(f"{group}.npy differs from its patient's row of {OMICS_TABLE}")
+        if mask is not None and bool(mask.get(group)) != bool(row[AVAILABLE + group]):
+            problems.append(f"mask.json {group} differs from {OMICS_TABLE}")
+    return problems
 
 
 def runs_problem(runs: list[list], entry: Mapping) -> str | None:

@@ -271,7 +271,7 @@ def recompute_splits(
     if section["kind"] != "file":
         recipe = f"the recipe ({split_source(section)})"
         return SPLITTERS[section["kind"]](section, sorted(patients)), recipe
-    from hpc_pgo.data.shards import sha256_file
+    from hpc_pgo.data.members import sha256_file
 
     path = Path(section["file"]["path"])
     if record.get("sha256") is None:

@@ -22,22 +22,23 @@ import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpc_pgo.data import loader
+from hpc_pgo.data import loader, tarindex
+from hpc_pgo.data.folds import LOADER_SPLITS
 
 
 def _cold() -> None:
-    loader.TAR_INDEX.clear()
-    loader._sha256.cache_clear()
+    tarindex.TAR_INDEX.clear()
+    tarindex._sha256.cache_clear()
 
 
 def _one_pass(shard_dir: Path, fold: int, split: str, options: dict) -> tuple[int, int, int]:
     """(units yielded, batches, shards indexed) of one pass from cold caches."""
     _cold()
-    reads = loader.TAR_INDEX.reads
+    reads = tarindex.TAR_INDEX.reads
     made = loader.make_loader(
         shard_dir, fold, split, groups=(), image_size=None, standardizer=None, **options
     )
-    indexed = loader.TAR_INDEX.reads - reads
+    indexed = tarindex.TAR_INDEX.reads - reads
     units = batches = 0
     for batch in made:
         units += len(batch["key"])
@@ -76,7 +77,7 @@ def rank_startup(
     start = time.perf_counter()
     units, batches, indexed = _one_pass(shard_dir, fold, split, options)
     seconds = time.perf_counter() - start
-    hashed = loader._sha256.cache_info().misses
+    hashed = tarindex._sha256.cache_info().misses
     python_peak = None
     if memory:
         tracemalloc.start()
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("shard_dir")
     parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--split", choices=loader.LOADER_SPLITS, default="train")
+    parser.add_argument("--split", choices=LOADER_SPLITS, default="train")
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.atomic import write_text
 from hpc_pgo.engine.distributed import DistEnv, setup_distributed
-from hpc_pgo.engine.global_batch import gather_global_batch
+from hpc_pgo.engine.global_batch import gather_global_batch, micro_batch
 from hpc_pgo.engine.modulation import BalanceWindow, StepModulator, named_param_groups
 from hpc_pgo.engine.schedule import LrSchedule
 from hpc_pgo.errors import PgoError
@@ -50,9 +50,10 @@ LABEL_KEYS = ("time", "event")
 # Keys of the DeepSpeed config that the engine owns: the optimizer and schedule are ours (the
 # step hooks live on our torch optimizer), the batch bookkeeping follows from train.batch_size.
 _OWNED_KEYS = ("optimizer", "scheduler")
-_ZERO_STAGES = (0, 1, 2)
+# deepspeed.zero_optimization.stage values the engine supports.
+ZERO_STAGES = (0, 1, 2)
 # deepspeed.dtype -> bf16 enabled ("auto": bf16 on CUDA, fp32 on CPU).
-_DTYPES = {"fp32": False, "bf16": True, "auto": None}
+DTYPES = {"fp32": False, "bf16": True, "auto": None}
 # Our client state rides under one key: DeepSpeed returns its own entries beside it on load.
 _CLIENT_KEY = "pgo_client_state"
 
@@ -75,8 +76,9 @@ def deepspeed_config(
     plus ``dtype``: fp32 | bf16 | auto (auto: bf16 on CUDA, fp32 on CPU), which becomes
     DeepSpeed's bf16 section. It must not define optimizer, scheduler or fp16 (fp16's loss
     scaler skips steps; the engine runs fp32 or bf16).
-    Set here: train_micro_batch_size_per_gpu = ceil(batch_size / world_size),
-    train_batch_size = micro * world_size, gradient_accumulation_steps = 1 (the Cox risk sets
+    Set here: train_micro_batch_size_per_gpu = batch_size / world_size (``micro_batch``: a
+    PgoError when world_size does not divide batch_size), train_batch_size = micro * world_size
+    = batch_size, gradient_accumulation_steps = 1 (the Cox risk sets
     span one step's global batch; DeepSpeed's batch keys are bookkeeping, the loader decides the
     real batch); gradient_clipping 0.0 (none, as Pathomic Fusion) unless given, since DeepSpeed
     would otherwise clip at 1.0.
@@ -91,18 +93,19 @@ def deepspeed_config(
         )
     zero = dict(conf.get("zero_optimization") or {})
     stage = zero.get("stage", 0)
-    if stage not in _ZERO_STAGES:
+    if stage not in ZERO_STAGES:
         raise PgoError(
-            f"deepspeed.zero_optimization.stage={stage!r} is not supported; valid: 0, 1, 2"
+            f"deepspeed.zero_optimization.stage={stage!r} is not supported; valid: "
+            f"{', '.join(map(str, ZERO_STAGES))}"
         )
     zero["stage"] = stage
     conf["zero_optimization"] = zero
     dtype = conf.pop("dtype", "auto")
-    if dtype not in _DTYPES:
-        raise PgoError(f"deepspeed.dtype={dtype!r} is unknown; valid: {', '.join(_DTYPES)}")
-    bf16 = _DTYPES[dtype] if dtype != "auto" else device_type == "cuda"
+    if dtype not in DTYPES:
+        raise PgoError(f"deepspeed.dtype={dtype!r} is unknown; valid: {', '.join(DTYPES)}")
+    bf16 = DTYPES[dtype] if dtype != "auto" else device_type == "cuda"
     conf["bf16"] = {**dict(conf.get("bf16") or {}), "enabled": bf16}
-    micro = math.ceil(batch_size / world_size)
+    micro = micro_batch(batch_size, world_size)
     conf.update(
         train_micro_batch_size_per_gpu=micro,
         train_batch_size=micro * world_size,

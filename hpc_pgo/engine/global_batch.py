@@ -13,6 +13,9 @@ sum_r dL/dtheta_r * dtheta_r/dw: the gradient of one process holding all B sampl
 
 Per-rank batch sizes may differ (the last batch of an epoch, a rank with fewer samples): sizes
 are gathered first, slices padded to the largest and the padding cut off after the gather.
+
+``micro_batch(B, W)`` is the one place the per-rank batch B / W is computed (the config rules'
+deepspeed.train_micro_batch_size_per_gpu, the engine's DeepSpeed config, the fold's loader).
 """
 
 from __future__ import annotations
@@ -24,6 +27,25 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from hpc_pgo.errors import PgoError
+
+
+def micro_batch(
+    batch_size: int, world_size: int, *, ranks_from: str = "the world size of the fold's processes"
+) -> int:
+    """The per-rank batch of a global batch of `batch_size` over `world_size` ranks: B / W.
+
+    Every rank takes the same share, since gradient accumulation is 1 (the Cox risk sets span
+    one optimizer step's global batch), so W must divide B; otherwise PgoError, where
+    `ranks_from` says where W came from (e.g. "cluster.nodes=1 x cluster.tasks_per_node=5").
+    """
+    if world_size < 1:
+        raise PgoError(f"{world_size} ranks per fold ({ranks_from}); valid: 1 or more")
+    if batch_size % world_size:
+        raise PgoError(
+            f"train.batch_size={batch_size} does not split over {world_size} ranks per fold "
+            f"({ranks_from}); valid: a multiple of {world_size}"
+        )
+    return batch_size // world_size
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ import torch
 from hpc_pgo.errors import PgoError
 
 GROUP_NAMES = ("genomic", "image", "head")
+# balance.mode: none (no modulation) | rho (the Cox modality balancing of Eq. 5-8).
+BALANCE_MODES = ("none", "rho")
 # Which coefficient modulates which group: k^G the genomic branch, k^P the image branch.
 MODULATED = {"genomic": "k_g", "image": "k_p"}
 
@@ -99,8 +101,10 @@ class BalanceWindow:
     noise: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in ("none", "rho"):
-            raise PgoError(f"balance.mode={self.mode!r} is unknown; valid: none, rho")
+        if self.mode not in BALANCE_MODES:
+            raise PgoError(
+                f"balance.mode={self.mode!r} is unknown; valid: {', '.join(BALANCE_MODES)}"
+            )
         if self.start_epoch < 0 or (
             self.end_epoch is not None and self.end_epoch < self.start_epoch
         ):

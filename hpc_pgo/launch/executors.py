@@ -39,9 +39,9 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
 from hpc_pgo.launch.locks import fold_holder
-from hpc_pgo.launch.plan import fold_dir
-from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldChain, FoldTask, children
+from hpc_pgo.launch.task import FoldChain, FoldTask, children
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ def fold_state(task: FoldTask, job: submitit.Job | None, chained: bool = False) 
     job has claimed it (its lock record names the job), pending before.
     """
     out = fold_dir(task.run_dir, task.fold)
-    if (out / METRICS_FILE).is_file():
+    if (out / METRICS).is_file():
         return DONE
-    if (out / ERROR_FILE).is_file():
+    if (out / ERROR).is_file():
         return FAILED
     if job is None:
         return PENDING
@@ -71,7 +71,7 @@ def fold_state(task: FoldTask, job: submitit.Job | None, chained: bool = False) 
             return RUNNING if holder is not None and holder.get("job") == job.job_id else PENDING
         return RUNNING
     # the job ended: a fold entry that returned without metrics.json (e.g. killed) failed too
-    return DONE if (out / METRICS_FILE).is_file() else FAILED
+    return DONE if (out / METRICS).is_file() else FAILED
 
 
 # a tqdm line of a job's stderr: "fold 0:  43%|####  | 6/14 [00:02<00:03, 2.4step/s]", or any
@@ -226,7 +226,7 @@ class Array:
         ended = [
             i for i, state in enumerate(states)
             if state == FAILED and isinstance(self.jobs.get(i), submitit.SlurmJob)
-            and not (fold_dir(self.tasks[i].run_dir, self.tasks[i].fold) / ERROR_FILE).is_file()
+            and not (fold_dir(self.tasks[i].run_dir, self.tasks[i].fold) / ERROR).is_file()
         ]  # fmt: skip
         if ended:
             alive = slurm_alive(self.jobs[i].job_id for i in ended)

@@ -36,8 +36,8 @@ from datetime import datetime
 from pathlib import Path
 
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import LOCK
 
-LOCK_FILE = ".lock"  # fold_<k>/.lock
 _MUTEX, _HOLD = 0, 1  # byte offsets in the lock file: the record's mutex, the running ranks' lock
 _BUSY = (errno.EACCES, errno.EAGAIN)  # what lockf/flock raise for a lock held elsewhere
 SUBMITTED, RUNNING = "submitted", "running"
@@ -194,7 +194,7 @@ class FoldLock:
         'submitted' record), or a record of another job that no process runs any more.
         """
         out.mkdir(parents=True, exist_ok=True)
-        path = out / LOCK_FILE
+        path = out / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, _MUTEX)
@@ -239,7 +239,7 @@ def fold_holder(
     Running: a process holds the running ranks' byte. Queued: the record is a launcher's
     'submitted' claim of a Slurm job that slurm_alive (the ids squeue lists) still lists.
     """
-    path = out / LOCK_FILE
+    path = out / LOCK
     if not path.is_file():
         return None
     fd = os.open(path, os.O_RDWR)
@@ -262,7 +262,7 @@ def claim_submitted(out: Path, job: str) -> None:
 
     Left as it is when the job already runs (its record is newer) or another one runs.
     """
-    path = out / LOCK_FILE
+    path = out / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, _MUTEX)

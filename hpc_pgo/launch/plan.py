@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from hpc_pgo.config.folds import format_folds
+from hpc_pgo.fold_outputs import fold_dir
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,6 @@ class FoldPlan:
     time_min: int
     threads: int
     out_dir: Path | None
-
-
-def fold_dir(run_dir: str | Path, fold: int) -> Path:
-    """Where one fold writes its outputs: <run_dir>/fold_<fold>."""
-    return Path(run_dir) / f"fold_{fold}"
 
 
 def _local_resources(cluster: DictConfig) -> dict:

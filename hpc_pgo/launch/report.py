@@ -46,8 +46,7 @@ import pandas as pd
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, config_digest, load_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.launch.plan import fold_dir
-from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, PREDICTIONS_FILE
+from hpc_pgo.fold_outputs import ERROR, METRICS, MODULATION, PREDICTIONS, fold_dir
 from hpc_pgo.survival import fold_cindex, patient_hazards, read_predictions, summarize_cindex
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,6 @@ SUMMARY_JSON, SUMMARY_MD, KM_PNG, MODULATION_PNG = (
     "summary.json", "summary.md", "km.png", "modulation.png",
 )  # fmt: skip
 SWEEP_FILE, SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep_summary.json", "sweep.md"
-MODULATION_FILE = "modulation.csv"
 # modulation.csv columns drawn, per panel: the contribution ratios, the coefficients, and the
 # training-batch C-index of each branch part (who learns when).
 MODULATION_PANELS = {
@@ -79,7 +77,7 @@ def expected_folds(run_dir: Path) -> list[int]:
     if not found:
         raise PgoError(
             f"{run_dir}: no {CONFIG_FILE} and no fold_<k> directory; valid: a run directory "
-            f"(launch/submit.py) or a folder of fold_<k>/{PREDICTIONS_FILE}"
+            f"(launch/submit.py) or a folder of fold_<k>/{PREDICTIONS}"
         )
     return found
 
@@ -103,11 +101,11 @@ def collect_folds(
     missing: list[int] = []
     for k in folds:
         out = fold_dir(run_dir, k)
-        if (out / ERROR_FILE).is_file() and not (out / METRICS_FILE).is_file():
-            failed[k] = first_line((out / ERROR_FILE).read_text(encoding="utf-8", errors="replace"))
-        elif (out / PREDICTIONS_FILE).is_file():
+        if (out / ERROR).is_file() and not (out / METRICS).is_file():
+            failed[k] = first_line((out / ERROR).read_text(encoding="utf-8", errors="replace"))
+        elif (out / PREDICTIONS).is_file():
             try:
-                preds[k] = read_predictions(out / PREDICTIONS_FILE)
+                preds[k] = read_predictions(out / PREDICTIONS)
             except PgoError as err:
                 failed[k] = str(err)
         else:
@@ -247,7 +245,7 @@ def plot_modulation(run_dir: Path, folds: list[int], path: Path) -> bool:
     """
     frames = []
     for k in folds:
-        file = fold_dir(run_dir, k) / MODULATION_FILE
+        file = fold_dir(run_dir, k) / MODULATION
         if file.is_file():
             df = pd.read_csv(file)
             if len(df):

@@ -32,13 +32,13 @@ from tqdm import tqdm
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, compose, resolve_run_dir, save_config
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
 from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array, slurm_alive
 from hpc_pgo.launch.locks import RunDirLock, claim_submitted, describe, fold_holder
-from hpc_pgo.launch.plan import fold_dir
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
 from hpc_pgo.launch.rundir import SUBMITIT_DIR, RunDirChanges, check_run_dir, prepare_run_dir
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
-from hpc_pgo.launch.task import ERROR_FILE, METRICS_FILE, FoldTask, ProcessId, resolve_fold_fn
+from hpc_pgo.launch.task import FoldTask, ProcessId, resolve_fold_fn
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]
         recorded.add(i)
         task = array.tasks[i]
         out = fold_dir(task.run_dir, task.fold)
-        if (out / ERROR_FILE).exists() or (out / METRICS_FILE).exists():
+        if (out / ERROR).exists() or (out / METRICS).exists():
             continue
         holder = fold_holder(out)
         if holder is not None and holder.get("job") != array.jobs[i].job_id:
@@ -264,7 +264,7 @@ def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]
         line = errors.get(
             i, f"job {array.jobs[i].job_id}: ended without metrics.json and without error.txt"
         )
-        write_text(out / ERROR_FILE, line + "\n")
+        write_text(out / ERROR, line + "\n")
 
 
 def wait(
@@ -314,9 +314,9 @@ def cancel(submission: Submission, why: str) -> int:
     cancelled = array.cancel()
     for i in cancelled:
         out = fold_dir(array.tasks[i].run_dir, array.tasks[i].fold)
-        if not (out / METRICS_FILE).exists() and not (out / ERROR_FILE).exists():
+        if not (out / METRICS).exists() and not (out / ERROR).exists():
             write_text(
-                out / ERROR_FILE,
+                out / ERROR,
                 f"job {array.jobs[i].job_id}: cancelled ({why}); the same command resumes it "
                 "from its last checkpoint\n",
             )

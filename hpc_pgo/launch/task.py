@@ -43,15 +43,12 @@ import submitit
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import load_config
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
 from hpc_pgo.launch.env import export_rendezvous
 from hpc_pgo.launch.locks import FoldBusy, FoldLock
-from hpc_pgo.launch.plan import fold_dir, plan_array
+from hpc_pgo.launch.plan import plan_array
 
 log = logging.getLogger(__name__)
-
-ERROR_FILE = "error.txt"
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
 
 
 def resolve_fold_fn(dotted: str) -> Callable:
@@ -293,8 +290,8 @@ class FoldTask:
                     # stopped by the signal, or by its own budget (train.stop_after_minutes):
                     # submitit's handler calls checkpoint(), requeues this array element and exits
                     warning.requeue()
-                if here.rank == 0 and (out / METRICS_FILE).is_file():
-                    (out / ERROR_FILE).unlink(missing_ok=True)  # an earlier try's
+                if here.rank == 0 and (out / METRICS).is_file():
+                    (out / ERROR).unlink(missing_ok=True)  # an earlier try's
                 return result
             except BaseException as err:
                 # SystemExit/KeyboardInterrupt come from submitit's requeue and scancel: not
@@ -307,9 +304,9 @@ class FoldTask:
         """The watchdog's action: error.txt (rank 0, unless the fold finished), then SIGKILL."""
         pid = self.launcher.pid if self.launcher is not None else "?"
         log.error("fold %d: its launcher (pid %s) ended; this rank stops now", self.fold, pid)
-        if rank == 0 and not (out / METRICS_FILE).is_file() and not (out / ERROR_FILE).exists():
+        if rank == 0 and not (out / METRICS).is_file() and not (out / ERROR).exists():
             write_text(
-                out / ERROR_FILE,
+                out / ERROR,
                 f"stopped: its launcher (launch/submit.py, pid {pid}) ended, and the local folds "
                 "end with it; the same command again resumes from the last checkpoint\n",
             )
@@ -320,7 +317,7 @@ class FoldTask:
         fold belongs to another job (FoldBusy: its files are not ours to write)."""
         if isinstance(err, FoldBusy):
             return
-        path = fold_dir(run_dir, self.fold) / ERROR_FILE
+        path = fold_dir(run_dir, self.fold) / ERROR
         if path.exists():
             return
         write_text(path, error_summary(err) + "\n\n" + traceback.format_exc())
@@ -377,7 +374,7 @@ class FoldChain:
         left = [
             FoldTask(t.run_dir, t.fold, t.launcher)
             for t in self.tasks
-            if not (fold_dir(Path(t.run_dir), t.fold) / METRICS_FILE).is_file()
+            if not (fold_dir(Path(t.run_dir), t.fold) / METRICS).is_file()
         ]
         log.warning("requeued: folds %s resume from their last checkpoints", [t.fold for t in left])
         return submitit.helpers.DelayedSubmission(FoldChain(left or self.tasks[-1:]))

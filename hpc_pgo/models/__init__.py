@@ -2,7 +2,7 @@
 
 Importing this package registers t2t_vit_7 ... t2t_vit_24 (and t2t_vit_t_14/19/24) in timm.
 The engine builds a model with `build_model(cfg.model, feature_dims=..., image_size=...)`;
-keys and defaults are documented in hpc_pgo.models.survival.
+keys and defaults: configs/model/_base.yaml (read by hpc_pgo.models.survival as DEFAULTS).
 """
 
 from hpc_pgo.models.fusion import FUSIONS, THETA_KEYS, ConcatFusion, KroneckerFusion

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpc_pgo.config import registry
 from hpc_pgo.errors import PgoError
 
 __all__ = ["ConcatFusion", "KroneckerFusion", "FUSIONS", "THETA_KEYS"]
@@ -130,5 +131,7 @@ class KroneckerFusion(nn.Module):
         return {"theta": self.cox(self.encoder2(fused)).squeeze(-1)}
 
 
-# name -> head class, built as cls(dims, fusion cfg)
-FUSIONS: dict[str, type[nn.Module]] = {"concat": ConcatFusion, "kronecker": KroneckerFusion}
+# name -> head class, built as cls(dims, fusion cfg); the names are hpc_pgo.config.registry's
+FUSIONS: dict[str, type[nn.Module]] = registry.FUSIONS.bind(
+    {"concat": ConcatFusion, "kronecker": KroneckerFusion}
+)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hpc_pgo.config import registry
 from hpc_pgo.errors import PgoError
 from hpc_pgo.models.weights import one_line, read_state_dict
 
@@ -241,13 +242,13 @@ def _rna_scgpt_mlpa(cfg: Mapping, feature_dims: Mapping[str, int]) -> RnaInput:
     return RnaInput(field, "model.genomic.rna_embedding_field", FrozenMLPA(mlp_a), mlp_a.out_dim)
 
 
-# name -> builder(genomic cfg, feature_dims) -> RnaInput, or None for no RNA input
-RNA_ENCODERS: dict[str, Callable[[Mapping, Mapping[str, int]], RnaInput] | None] = {
-    "snn": _rna_snn,
-    "scgpt": _rna_scgpt,
-    "scgpt_mlpa": _rna_scgpt_mlpa,
-    "none": None,
-}
+# name -> builder(genomic cfg, feature_dims) -> RnaInput, or None for no RNA input; the names
+# are hpc_pgo.config.registry's
+RNA_ENCODERS: dict[str, Callable[[Mapping, Mapping[str, int]], RnaInput] | None] = (
+    registry.RNA_ENCODERS.bind(
+        {"snn": _rna_snn, "scgpt": _rna_scgpt, "scgpt_mlpa": _rna_scgpt_mlpa, "none": None}
+    )
+)
 
 
 class GenomicEncoder(nn.Module):

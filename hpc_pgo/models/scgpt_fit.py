@@ -41,7 +41,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 
 from hpc_pgo import atomic
+from hpc_pgo.data.staging import check_output_dir, staged_output
 from hpc_pgo.errors import PgoError, check_options
 from hpc_pgo.models.scgpt import (
     CHECKPOINT_FILES,
@@ -96,17 +96,17 @@ def read_atlas(
     from hpc_pgo.data import cells as cell_io
 
     path = Path(path)
-    with cell_io._open_h5ad(path) as f:
+    with cell_io.open_h5ad(path) as f:
         genes = cell_io.read_gene_names(f, path, gene_col)
         vocab_genes = sorted(set(genes) - set(SPECIAL_TOKENS))
         stoi = {g: i + len(SPECIAL_TOKENS) for i, g in enumerate(vocab_genes)}
         col_vocab = cell_io.column_to_vocab(genes, stoi)
-        matrix = cell_io._matrix(f, path, layer)
+        matrix = cell_io.expression_matrix(f, path, layer)
         n_rows = int(matrix.shape[0])
         where = "X" if layer is None else f"layers/{layer}"
         cells, rows = [], []
         for start, block in cell_io.iter_rows(matrix, n_rows):
-            cell_io._check_values(block, start, path, where)
+            cell_io.check_values(block, start, path, where)
             for r in range(block.shape[0]):
                 lo, hi = block.indptr[r], block.indptr[r + 1]
                 ids, values = cell_io.cell_tokens(
@@ -239,24 +239,6 @@ def _check_fit_options(**options) -> None:
         )
 
 
-def _check_out(out: Path, force: bool) -> None:
-    """Refuse to replace anything but an empty folder or (with force) an scGPT checkpoint folder."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PgoError(f"--out {out}: exists and is not a folder")
-    if not any(out.iterdir()):
-        return
-    if not (out / "args.json").is_file():
-        raise PgoError(
-            f"--out {out}: not empty and holds no scGPT checkpoint (args.json); refusing to replace it"
-        )
-    if not force:
-        raise PgoError(
-            f"--out {out}: already holds an scGPT checkpoint; pass --force to replace it"
-        )
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -301,7 +283,7 @@ def fit_scgpt(
         max_length=max_length,
     )
     out = Path(out_dir).expanduser().resolve()
-    _check_out(out, force)
+    check_output_dir(out, force, marker="args.json", what="an scGPT checkpoint", name="--out")
     if not isinstance(atlas, Atlas):
         atlas = read_atlas(atlas, layer=layer, gene_col=gene_col)
     record = {
@@ -323,31 +305,24 @@ def fit_scgpt(
         "max_length": max_length,
         "objectives": ["GEP", "GEPC"],
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            write_random_checkpoint(
-                tmp,
-                atlas.genes,
-                d_model=d_model,
-                nlayers=nlayers,
-                nheads=nheads,
-                d_hid=d_hid,
-                seed=seed,
-            )
-            scgpt = load_scgpt(tmp)
-            torch.manual_seed(seed)  # dropout
-            losses = _train(scgpt, atlas.cells, record, progress=progress)
+    with staged_output(out) as tmp, torch.random.fork_rng(devices=[]):
+        write_random_checkpoint(
+            tmp,
+            atlas.genes,
+            d_model=d_model,
+            nlayers=nlayers,
+            nheads=nheads,
+            d_hid=d_hid,
+            seed=seed,
+        )
+        scgpt = load_scgpt(tmp)
+        torch.manual_seed(seed)  # dropout
+        losses = _train(scgpt, atlas.cells, record, progress=progress)
         state = {k: v.detach().cpu().contiguous() for k, v in scgpt.model.state_dict().items()}
         atomic.save_torch(tmp / "best_model.pt", state)
         atomic.write_text(tmp / FIT_RECORD, json.dumps({**record, "losses": losses}, indent=1))
         load_scgpt(tmp)  # strict: every key of the written file fits the model args.json describes
-        _place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
     log.info(
         "fitted scGPT %s (d %d, %d layers, %d genes) on %d cells: %d steps in %.0f s",
@@ -391,24 +366,6 @@ def _train(
         losses.append(float(loss.detach()))
     model.requires_grad_(False).eval()
     return losses
-
-
-def _place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an old checkpoint there is moved aside first and
-    deleted after (renamed back when the second rename fails)."""
-    if out.exists() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
 
 
 __all__ = [

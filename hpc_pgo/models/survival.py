@@ -1,31 +1,11 @@
 """The survival model the engine trains: genomic and/or image branch, a fusion head, theta out.
 
-build_model(model_cfg, feature_dims=..., image_size=...) reads these keys (defaults in DEFAULTS;
-any other key is refused):
-
-    model:
-      name: null                  free label for the config, not read
-      modalities: [genomic, image]  or [genomic] or [image]
-      fusion: concat              concat | kronecker                       (FUSIONS)
-      kronecker: {hidden: 64, dropout: 0.25, skip: true}                  used by fusion=kronecker
-      genomic:
-        groups: [cnv, mut]        omics groups (batch keys) concatenated into the SNN; may be []
-        snn: {hidden: [64, 48, 32, 32], dropout: 0.25}
-        rna_encoder: snn          snn | scgpt | scgpt_mlpa | none          (RNA_ENCODERS)
-        rna_snn: {hidden: null, dropout: null}   the RNA SNN (rna_encoder=snn); null: snn's value
-        rna_input_dropout: 0.0    Dropout on the RNA values before the RNA SNN; 0 = none
-        rna_pcs: 0                RNA projected on k train-patient principal components; 0 = off
-        rna_group: rna            batch key of the RNA values (rna_encoder=snn)
-        rna_embedding_field: rna_emb  batch key of the scGPT embedding (scgpt, scgpt_mlpa)
-        mlp_a_weights: null       MLP-A state dict (required by scgpt_mlpa; frozen)
-        mlp_a: {hidden: 128, layers: 3, out: 128, dropout: 0.0}
-        mlp_b: {hidden: 128, layers: 3, out: 32, dropout: 0.0}            gives G (B, out)
-      image:
-        arch: t2t_vit_7           any timm architecture name (t2t_vit_* registered by hpc_pgo)
-        pretrained: null          local state dict path; nothing is ever downloaded
-        out: 32                   Linear projection of the features to P (B, out); null: none
-        drop_path: 0.0            stochastic depth rate passed to timm (when > 0)
-        field: image              batch key of the images
+build_model(model_cfg, feature_dims=..., image_size=...) reads the keys of configs/model/_base.yaml,
+the base every model= choice is merged onto; its values are the defaults (DEFAULTS is read from
+that file, the one place they are written, and its comments document each key). Any other key is
+refused. The names a key may take come from the registries (hpc_pgo.config.registry):
+model.modalities (MODALITIES), model.fusion (FUSIONS), model.genomic.rna_encoder (RNA_ENCODERS);
+model.image.arch is any timm architecture name (t2t_vit_* are registered by hpc_pgo).
 
 The batch the model reads: one float32 tensor per field, (B, n_features) for omics groups and the
 embedding, (B, 3, H, W) for images, ImageNet-normalised as the loader serves them (the image
@@ -43,6 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hpc_pgo.config import registry
+from hpc_pgo.config.compose import GROUP_BASE_FILE, PACKAGE_CONFIGS, load_yaml
 from hpc_pgo.errors import PgoError
 from hpc_pgo.models.fusion import FUSIONS
 from hpc_pgo.models.genomic import GenomicEncoder
@@ -50,34 +32,11 @@ from hpc_pgo.models.image import ImageEncoder
 
 __all__ = ["DEFAULTS", "MODALITIES", "SurvivalModel", "build_model", "resolve_model_cfg"]
 
-MODALITIES = ("genomic", "image")
+MODALITIES = registry.MODALITIES.names()
 
-DEFAULTS: dict = {
-    "name": None,
-    "modalities": ["genomic", "image"],
-    "fusion": "concat",
-    "kronecker": {"hidden": 64, "dropout": 0.25, "skip": True},
-    "genomic": {
-        "groups": ["cnv", "mut"],
-        "snn": {"hidden": [64, 48, 32, 32], "dropout": 0.25},
-        "rna_encoder": "snn",
-        "rna_snn": {"hidden": None, "dropout": None},  # null: the value of snn
-        "rna_input_dropout": 0.0,
-        "rna_pcs": 0,
-        "rna_group": "rna",
-        "rna_embedding_field": "rna_emb",
-        "mlp_a_weights": None,
-        "mlp_a": {"hidden": 128, "layers": 3, "out": 128, "dropout": 0.0},
-        "mlp_b": {"hidden": 128, "layers": 3, "out": 32, "dropout": 0.0},
-    },
-    "image": {
-        "arch": "t2t_vit_7",
-        "pretrained": None,
-        "out": 32,
-        "drop_path": 0.0,
-        "field": "image",
-    },
-}
+# Every key build_model reads, with its default: the model group's base file, as shipped beside
+# the package (configs/model/_base.yaml), whatever configs directory a run composes from.
+DEFAULTS: dict = OmegaConf.to_container(load_yaml(PACKAGE_CONFIGS / "model" / GROUP_BASE_FILE))
 
 
 def _merge(defaults: Mapping, given: Mapping, where: str) -> dict:
@@ -270,10 +229,12 @@ class SurvivalModel(nn.Module):
 
 
 # modality -> builder(resolved cfg, feature_dims, image_size) -> branch module
-_BRANCHES = {
-    "genomic": lambda cfg, dims, size: GenomicEncoder(cfg["genomic"], dims),
-    "image": lambda cfg, dims, size: ImageEncoder(cfg["image"], size),
-}
+_BRANCHES = registry.MODALITIES.bind(
+    {
+        "genomic": lambda cfg, dims, size: GenomicEncoder(cfg["genomic"], dims),
+        "image": lambda cfg, dims, size: ImageEncoder(cfg["image"], size),
+    }
+)
 
 
 def build_model(

@@ -5,7 +5,7 @@ computed on the same shard set, the same fold, the same train and test patients:
 
 1. one row per patient (a patient's omics ride with each of its image units; the first unit's
    copy is taken: they are identical), the chosen omics groups concatenated in manifest order;
-2. each group z-scored with the fold's TRAIN statistics (hpc_pgo.data.loader.Standardizer, the
+2. each group z-scored with the fold's TRAIN statistics (hpc_pgo.data.standardizer.Standardizer, the
    same transform the networks see);
 3. columns that are constant or non-finite on the train patients dropped; then, when pcs > 0,
    the first `pcs` principal components of the centred train matrix (SVD), applied to both
@@ -68,28 +68,43 @@ def patient_matrix(
     """The standardised omics of `groups` for the patients of (fold, split), one row each.
 
     split: train | val | test; holdout: the fold's train patients held out for validation
-    (hpc_pgo.data.loader.open_fold), which "train" then leaves out and "val" serves.
+    (hpc_pgo.data.folds.open_fold), which "train" then leaves out and "val" serves.
     Returns x: (P, F) float64 and a frame with columns patient, time, event (P rows, sorted by
-    patient id so that the order does not depend on the shard layout).
+    patient id). The values are those a fold loader's batch carries (float32 z-scores, a
+    masked-out group zero, times as float32), read from the patient table
+    (hpc_pgo.data.patients.patient_vectors): no shard is indexed.
     """
-    from hpc_pgo.data.loader import make_loader, open_fold
+    from hpc_pgo.data.folds import open_fold
+    from hpc_pgo.data.patients import patient_vectors
+    from hpc_pgo.data.standardizer import check_standardizer
 
     data = open_fold(shards, fold, holdout)
-    loader = make_loader(
-        shards, fold, split, batch_size=data.units(split), groups=list(groups), image_size=None,
-        standardizer=standardizer, shuffle_buffer=1, holdout=tuple(holdout),
-    )  # fmt: skip
-    (batch,) = list(loader)
-    x = np.concatenate([batch[g].numpy() for g in groups], axis=1).astype(np.float64)
+    if standardizer is not None:
+        check_standardizer(standardizer, data, groups)
+    patients = sorted(data.patients(split))
+    vectors = patient_vectors(data.shard_dir, data.manifest, groups, patients)
+    masked = data.manifest.get("missing") == "mask"
+    columns = []
+    for group in groups:
+        values = vectors.values[group].astype(np.float32)
+        if standardizer is not None:
+            values = standardizer.apply(group, values)
+        if masked:  # as the loader's collate: an unavailable group is the train mean, 0
+            values = values * vectors.available[group].astype(np.float32)[:, None]
+        columns.append(values.astype(np.float32, copy=False))
+    width = sum(len(data.groups[g]) for g in groups)
+    x = np.concatenate(columns, axis=1) if columns else np.zeros((len(patients), width))
+    records = data.manifest["patients"]
     frame = pd.DataFrame(
         {
-            "patient": list(batch["patient"]),
-            "time": batch["time"].numpy().astype(np.float64),
-            "event": batch["event"].numpy().astype(int),
+            "patient": patients,
+            "time": np.array([records[p]["time"] for p in patients], dtype=np.float32).astype(
+                np.float64
+            ),
+            "event": np.array([records[p]["event"] for p in patients], dtype=int),
         }
     )
-    first = frame.drop_duplicates("patient").sort_values("patient", kind="stable")
-    return x[first.index.to_numpy()], first.reset_index(drop=True)
+    return x.astype(np.float64), frame
 
 
 def coxph_fold_predictions(
@@ -110,7 +125,8 @@ def coxph_fold_predictions(
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
 
-    from hpc_pgo.data.loader import Standardizer, open_fold
+    from hpc_pgo.data.folds import open_fold
+    from hpc_pgo.data.standardizer import Standardizer
 
     if not groups:
         raise PgoError("coxph: no omics group chosen; valid: one or more manifest groups")
@@ -158,15 +174,23 @@ def coxph_fold(cfg: DictConfig, fold: int, run_dir: str | os.PathLike) -> dict:
     seconds on one core); other ranks return at once. A fold complete under the same config
     returns its metrics without refitting, unless cfg.force.
     """
+    from hpc_pgo.fold_outputs import (
+        DIGEST_KEY,
+        ERROR,
+        METRICS,
+        PREDICTIONS,
+        finished,
+        fold_dir,
+        read_metrics,
+    )
     from hpc_pgo.survival import fold_cindex, validate_predictions
-    from hpc_pgo.train.fold import ERROR, METRICS, PREDICTIONS, fold_dir, read_metrics
 
     out = fold_dir(Path(run_dir), fold)
     if os.environ.get("RANK", "0") != "0":
         return {"fold": fold, "status": "complete"}
     digest = config_digest(cfg)
     done = None if cfg.force else read_metrics(out)
-    if done is not None and done.get("config_digest") == digest:
+    if finished(done, digest):
         return done
     started = time.monotonic()
     settings = cfg.coxph
@@ -196,7 +220,7 @@ def coxph_fold(cfg: DictConfig, fold: int, run_dir: str | os.PathLike) -> dict:
         "coxph": OmegaConf.to_container(settings),
         "wall_time_s": round(time.monotonic() - started, 3),
         "calls": 1,
-        "config_digest": digest,
+        DIGEST_KEY: digest,
     }
     (out / ERROR).unlink(missing_ok=True)
     write_text(out / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")

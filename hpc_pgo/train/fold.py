@@ -31,7 +31,10 @@ The loop, per epoch e: ``make_loader(split="train", epoch=e, rank, world_size)``
 fixed by (seed, epoch, rank, world size, batch size)), ``Engine.train_step`` per batch. Before
 every step the torch RNG is seeded from (seed, fold, step, rank), so dropout masks depend on the
 step, not on the history of the process: a run resumed from a checkpoint at (epoch, batch) skips
-the batches already done and continues bit for bit as the uninterrupted run would.
+the batches already done and continues bit for bit as the uninterrupted run would. The loop
+asks a ``FoldCheckpointer`` after each step whether a checkpoint is due and has it save one; the
+same object resumes a call from the newest checkpoint, refusing one of another config or another
+number of ranks.
 
 Validation (train.val_fraction > 0, hpc_pgo.train.validation): a seeded, event-stratified share
 of the fold's train patients is held out (not trained on, not in the z-score statistics). After
@@ -56,30 +59,42 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.atomic import write_text
-from hpc_pgo.config import EXECUTION_KEYS, config_digest, load_config, save_config
-from hpc_pgo.engine.distributed import any_rank
+from hpc_pgo.config import EXECUTION_KEYS, config_digest, save_config
+from hpc_pgo.engine.distributed import DistEnv, any_rank
+from hpc_pgo.engine.global_batch import micro_batch
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import (
+    CHECKPOINTS,
+    ERROR,
+    METRICS,
+    MODULATION,
+    PREDICTIONS,
+    STANDARDIZER,
+    TENSORBOARD,
+    finished,
+    fold_dir,
+    read_metrics,
+    refuse_other_config,
+)
 from hpc_pgo.hold import Hold
+from hpc_pgo.train.validation import EpochSelection, validation_patients
+
+if TYPE_CHECKING:
+    from hpc_pgo.data.folds import FoldData
+    from hpc_pgo.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.json"
-PREDICTIONS = "predictions.csv"
-MODULATION = "modulation.csv"
-STANDARDIZER = "standardizer.json"
-ERROR = "error.txt"
-TENSORBOARD = "tensorboard"
-FOLD_CONFIG = "config.yaml"
 MODULATION_COLUMNS = (
     "step", "epoch", "rho_g", "rho_p", "k_g", "k_p", "loss", "cindex_g", "cindex_p",
 )  # fmt: skip
@@ -90,6 +105,9 @@ BRANCH_COLUMNS = {"hazard_genomic": "theta_g", "hazard_image": "theta_p"}
 # far one call goes, not what the fold computes, so a run may resume with other values.
 RESUME_EXCLUDE = EXECUTION_KEYS
 _TEST_BATCH = 64  # units per evaluation batch and rank (no gradient: memory is not the limit)
+
+# A loader factory: loader(split, epoch, batch_size) -> this rank's batches of the fold's split.
+Loader = Callable[[str, int, int], Any]
 
 _stop_requested = False
 
@@ -106,56 +124,302 @@ def _clear_stop_request() -> None:
     _stop_requested = False
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    """Where fold k of a run writes: <run_dir>/fold_<k>."""
-    return Path(run_dir) / f"fold_{fold}"
+# --------------------------------------------------------------------------- the fold
 
 
-# --------------------------------------------------------------------------- small file helpers
+@dataclass(frozen=True)
+class FoldInputs:
+    """What a fold trains on, opened and checked before any process group starts.
+
+    data: the fold's FoldData (with train.val_fraction > 0 its held-out patients in data.val,
+    the train split without them); model: built from cfg.model, identical initial weights on
+    every rank; groups: the omics groups the model reads (z-scored), embeddings: the
+    per-patient embedding fields of `pgo-shards embed-rna` it reads (served as stored), each
+    sorted; image_size: data.image_size when the model reads images, else None.
+    """
+
+    data: FoldData
+    model: torch.nn.Module
+    groups: list[str]
+    embeddings: list[str]
+    image_size: int | None
+
+    @classmethod
+    def open(cls, cfg: DictConfig, fold: int) -> FoldInputs:
+        """Open fold `fold` of cfg.data.shards, build the model, and refuse a shard set that
+        lacks a field the model reads (PgoError naming it)."""
+        from hpc_pgo.data.folds import open_fold
+        from hpc_pgo.models import build_model
+
+        shards = Path(str(cfg.data.shards))
+        data = open_fold(shards, fold)
+        fraction = float(OmegaConf.select(cfg, "train.val_fraction", default=0.0) or 0.0)
+        if fraction > 0:
+            events = {p: r.get("event") for p, r in data.manifest["patients"].items()}
+            held = validation_patients(
+                data.train, {p: e for p, e in events.items() if e is not None}, fraction,
+                seed=int(cfg.seed), fold=fold,
+            )  # fmt: skip
+            data = open_fold(shards, fold, held)
+        embedded = dict(getattr(data, "embeddings", {}))  # field -> width (`pgo-shards embed-rna`)
+        feature_dims = {**{group: len(names) for group, names in data.groups.items()}, **embedded}
+        uses_image = "image" in cfg.model.modalities
+        image_size = int(cfg.data.image_size) if uses_image else None
+        torch.manual_seed(int(cfg.seed) + fold)  # identical initial weights on every rank
+        model = build_model(cfg.model, feature_dims=feature_dims, image_size=image_size)
+        available = set(feature_dims) | ({"image"} if data.image is not None else set())
+        model.check_fields(available, source=f"shard set {data.shard_dir} (manifest.json)")
+        return cls(
+            data=data,
+            model=model,
+            groups=sorted(f for f in model.required_fields if f in data.groups),
+            embeddings=sorted(f for f in model.required_fields if f in embedded),
+            image_size=image_size,
+        )
 
 
-def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, object] = {}
-        for key, value in tree.items():
-            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: tree}
+@dataclass(frozen=True)
+class FoldRun:
+    """One call of train_fold once the process group is up: what every part of it refers to.
+
+    digest: config_digest(cfg), what metrics.json records; started: time.monotonic() when the
+    call began (the budgets and wall_time_s count from it).
+    """
+
+    cfg: DictConfig
+    fold: int
+    out: Path
+    env: DistEnv
+    digest: str
+    started: float
 
 
-def config_changes(
-    old: DictConfig, new: DictConfig, exclude: Sequence[str] = RESUME_EXCLUDE
-) -> list[str]:
-    """'key: old -> new' for every key whose value differs (excluded keys and their children ignored)."""
+def train_fold(cfg: DictConfig, fold: int, run_dir: Path) -> dict:
+    """Train fold `fold` of `cfg` and write RUN_DIR/fold_<k>/ (module docstring); the fold's metrics.
 
-    def kept(cfg: DictConfig) -> dict[str, object]:
-        flat = _leaves(OmegaConf.to_container(cfg, resolve=True))
-        return {
-            k: v
-            for k, v in flat.items()
-            if not any(k == e or k.startswith(e + ".") for e in exclude)
-        }
+    Collective: call it on every rank. Resumes from fold_<k>/checkpoints when a checkpoint
+    exists (refusing one written under another config, naming the keys that differ). Returns
+    metrics.json's content at once when the fold is complete under the same config_digest,
+    unless cfg.force (which starts the fold again). When a budget stops the call early, returns
+    {"status": "stopped", "fold", "step", "epoch"} after checkpointing. Raises PgoError on bad
+    input and on a NaN/inf loss (error.txt written; the last good checkpoint kept).
+    """
+    from hpc_pgo.engine import setup_distributed, teardown_distributed
 
-    a, b = kept(old), kept(new)
-    return [
-        f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}"
-        for key in sorted(set(a) | set(b))
-        if a.get(key, "(absent)") != b.get(key, "(absent)")
-    ]
+    started = time.monotonic()
+    out = fold_dir(Path(run_dir), fold)
+    # RANK is set for every rank of a multi-rank fold; rank 0 alone writes error.txt
+    is_main = os.environ.get("RANK", "0") == "0"
+    try:
+        # Before any process group starts: a complete fold returns at once, bad input fails fast.
+        digest = config_digest(cfg)
+        done = None if cfg.force else read_metrics(out)
+        if done is not None:
+            if finished(done, digest):
+                log.info("fold %d is complete (%s); nothing to do", fold, out / METRICS)
+                return done
+            _check_same_config(cfg, out, METRICS)
+        inputs = FoldInputs.open(cfg, fold)
+        if not dist.is_initialized():
+            # The group stays up for later folds in this process (DeepSpeed caches it: a destroyed
+            # and re-created group breaks the next engine) and ends at exit (else gloo may abort).
+            atexit.register(teardown_distributed)
+        env = setup_distributed()
+        run = FoldRun(cfg=cfg, fold=fold, out=out, env=env, digest=digest, started=started)
+        return _train_fold(run, inputs)
+    except PgoError as err:
+        if is_main:
+            write_text(out / ERROR, f"PgoError: {err}\n")
+        raise
 
 
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+def _train_fold(run: FoldRun, inputs: FoldInputs) -> dict:
+    """The fold on every rank: prepare its directory, resume, train epoch by epoch (checkpointing
+    and validating), then predict the test split and, on rank 0, write the outputs."""
+    cfg, fold, env = run.cfg, run.fold, run.env
+    if cfg.force:
+        if env.is_main:
+            _clear_fold(run.out)
+        _barrier()
+    selection = EpochSelection(enabled=bool(inputs.data.val))
+    checkpointer = FoldCheckpointer.for_fold(run, selection)
+    _prepare_fold_dir(run, resuming=checkpointer.found)
+
+    standardizer = _standardizer(inputs.data, inputs.groups, run.out, env.is_main)
+    _fit_rna_projection(inputs.model, inputs.data, standardizer, env.is_main)
+    loader = _loader_factory(run, inputs, standardizer)
+    micro = micro_batch(int(cfg.train.batch_size), env.world_size)
+    seed, epochs = int(cfg.seed), int(cfg.train.epochs)
+
+    from hpc_pgo.engine import build_engine
+
+    steps_per_epoch = len(loader("train", 0, micro))
+    if steps_per_epoch == 0:
+        data = inputs.data
+        raise PgoError(
+            f"fold {fold} of {data.shard_dir} has {data.units('train')} train units, fewer than "
+            f"train.batch_size={cfg.train.batch_size}; valid: a smaller train.batch_size"
+        )
+    engine = build_engine(inputs.model, cfg, steps_per_epoch=steps_per_epoch, dist_env=env)
+    start_epoch, start_batch = checkpointer.resume(engine) or (0, 0)
+
+    budget = Budget.from_config(cfg, run.started)
+    first_step = engine.global_step if checkpointer.found else 0
+    fold_log = FoldLog(run.out, enabled=env.is_main, first_step=first_step)
+    bar = _progress(env.is_main, epochs * steps_per_epoch, engine.global_step, fold)
+    steps_here = 0
+    hold = Hold.from_env("fold", rank=env.rank)  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
+    try:
+        for epoch in range(start_epoch, epochs):
+            skip = start_batch if epoch == start_epoch else 0  # done before the checkpoint
+            for b, batch in enumerate(loader("train", epoch, micro)):
+                if b < skip:
+                    continue
+                torch.manual_seed(step_seed(seed, fold, engine.global_step, env.rank))
+                stats = engine.train_step(batch, epoch)
+                fold_log.step(epoch, stats)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}", refresh=False)
+                steps_here += 1
+                at = (epoch, b + 1) if b + 1 < steps_per_epoch else (epoch + 1, 0)
+                over = budget.spent(steps_here)
+                if at[1] == 0 and selection.enabled:  # collective: every rank scores its share
+                    value = _validation_cindex(engine, loader, fold)
+                    selection.record(epoch, value, engine)
+                    fold_log.scalar("val/cindex", value, engine.global_step)
+                periodic = checkpointer.due(at, engine.global_step)
+                if periodic:
+                    checkpointer.save(*at)
+                if hold is not None:  # tests only: step k done and saved, its stop check to come
+                    hold.at(engine.global_step, lambda: _stop_requested)
+                stop = any_rank(over or _stop_requested)
+                if stop and not periodic:
+                    checkpointer.save(*at)
+                if stop and at[0] < epochs:
+                    _clear_stop_request()
+                    log.info(
+                        "fold %d: stopped at step %d by its budget; checkpoint saved",
+                        fold,
+                        engine.global_step,
+                    )
+                    return {
+                        "status": "stopped",
+                        "fold": fold,
+                        "step": engine.global_step,
+                        "epoch": at[0],
+                    }
+    finally:
+        bar.close()
+        fold_log.close()
+
+    if selection.enabled:  # the test predictions come from the epoch chosen on validation
+        engine.ds.module.load_state_dict(selection.best_state)
+    predictions = _predict(engine, loader, fold)
+    metrics = None
+    if env.is_main:
+        metrics = _finish(
+            run,
+            predictions,
+            engine=engine,
+            wall_s=checkpointer.wall_s(),
+            calls=checkpointer.calls,
+            validation=selection.metrics(inputs.data) if selection.enabled else {},
+        )
+    return _from_rank0(metrics)
 
 
-def _from_rank0(value: Any) -> Any:
-    """Rank 0's value on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+# --------------------------------------------------------------------------- before the loop
+
+
+def _clear_fold(out: Path) -> None:
+    """Remove a fold's outputs (force=true), keeping the directory."""
+    if not out.is_dir():
+        return
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _prepare_fold_dir(run: FoldRun, *, resuming: bool) -> None:
+    """Refuse a checkpoint of another config; rank 0 creates the fold directory, removes an old
+    error.txt and, on a fresh start, an old modulation.csv, and writes config.yaml."""
+    if resuming:
+        _check_same_config(run.cfg, run.out, f"the checkpoint in {run.out / CHECKPOINTS}")
+    if run.env.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / ERROR).unlink(missing_ok=True)
+        if not resuming:
+            (run.out / MODULATION).unlink(missing_ok=True)
+            save_config(run.cfg, run.out)
+    _barrier()
+
+
+def _check_same_config(cfg: DictConfig, out: Path, what: str) -> None:
+    """Refuse to continue `what` (a checkpoint, finished outputs) written under another config."""
+    refuse_other_config(
+        cfg, out, f"{out}: {what} was written by another config", "start the fold again"
+    )
+
+
+def _standardizer(data: FoldData, groups: list[str], out: Path, is_main: bool):
+    """Rank 0 fits the fold's z-score statistics once and saves them; every rank loads the file."""
+    from hpc_pgo.data.standardizer import Standardizer
+
+    if not groups:
+        return None
+    path = out / STANDARDIZER
+    if is_main and not path.is_file():
+        Standardizer.fit(data.shard_dir, data.train, groups).save(path)
+    _barrier()
+    return Standardizer.load(path)
+
+
+def _fit_rna_projection(model, data: FoldData, standardizer, is_main: bool) -> None:
+    """model.genomic.rna_pcs > 0: rank 0 fits the RNA principal components on the fold's
+    training patients (validation patients excluded; one z-scored row per patient) and every
+    rank takes its buffers. A resumed fold fits them again and the checkpoint's copy, the same
+    values, replaces them."""
+    genomic = getattr(model, "genomic", None)
+    projection = None if genomic is None else genomic.rna_projection
+    if projection is None:
+        return
+    from hpc_pgo.train.coxph import patient_matrix
+
+    state = None
+    if is_main:
+        field = genomic.rna.field
+        values, _ = patient_matrix(
+            data.shard_dir, data.fold, "train", [field], standardizer, holdout=data.val
+        )
+        genomic.fit_rna_projection(torch.from_numpy(values))
+        state = projection.state_dict()
+    projection.load_state_dict(_from_rank0(state))
+
+
+def _loader_factory(run: FoldRun, inputs: FoldInputs, standardizer) -> Loader:
+    """loader(split, epoch, batch_size): make_loader of this rank's share of the fold's `split`
+    (train, val, test), the stream fixed by (seed, epoch, rank, world size, batch size)."""
+    from hpc_pgo.data.loader import make_loader
+
+    cfg, data = run.cfg, inputs.data
+    extra: dict[str, Any] = {}
+    if inputs.embeddings:  # passed only when the model reads embedding fields
+        extra["embeddings"] = inputs.embeddings
+    if data.val:  # the train split without, and a "val" split of, the held-out patients
+        extra["holdout"] = data.val
+
+    def loader(split: str, epoch: int, batch_size: int):
+        return make_loader(
+            data.shard_dir, run.fold, split, batch_size=batch_size, groups=inputs.groups,
+            image_size=inputs.image_size, standardizer=standardizer, rank=run.env.rank,
+            world_size=run.env.world_size, epoch=epoch, seed=int(cfg.seed),
+            num_workers=int(cfg.train.num_workers), shuffle_buffer=int(cfg.train.shuffle_buffer),
+            **extra,
+        )  # fmt: skip
+
+    return loader
+
+
+# --------------------------------------------------------------------------- inside the loop
 
 
 def step_seed(seed: int, fold: int, step: int, rank: int) -> int:
@@ -163,31 +427,145 @@ def step_seed(seed: int, fold: int, step: int, rank: int) -> int:
     return (((seed * 1_000_003 + fold) * 1_000_033 + step) * 1_009 + rank) % (2**63 - 1)
 
 
-# --------------------------------------------------------------------------- fold state on disk
+@dataclass(frozen=True)
+class Budget:
+    """How far one call may go: `steps` optimizer steps (train.stop_after_steps) or `seconds`
+    since `started` (train.stop_after_minutes); None is no limit."""
 
+    steps: int | None
+    seconds: float | None
+    started: float
 
-def read_metrics(out: Path) -> dict | None:
-    """metrics.json of a fold directory, or None when absent or unreadable (an unfinished fold)."""
-    try:
-        return json.loads((out / METRICS).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _check_same_config(cfg: DictConfig, out: Path, what: str) -> None:
-    """Refuse to continue `what` (a checkpoint, finished outputs) written under another config."""
-    saved = out / FOLD_CONFIG
-    if not saved.is_file():
-        return
-    changes = config_changes(load_config(saved), cfg)
-    if changes:
-        shown = "; ".join(changes[:6]) + (
-            f"; ... {len(changes) - 6} more" if len(changes) > 6 else ""
+    @classmethod
+    def from_config(cls, cfg: DictConfig, started: float) -> Budget:
+        minutes = cfg.train.stop_after_minutes
+        return cls(
+            steps=cfg.train.stop_after_steps,
+            seconds=None if minutes is None else 60.0 * minutes,
+            started=started,
         )
-        raise PgoError(
-            f"{out}: {what} was written by another config ({shown}); valid: the same config, "
-            "another run_dir, or force=true to start the fold again"
+
+    def spent(self, steps_done: int) -> bool:
+        """True once this call has done `steps` steps or run `seconds`."""
+        return (self.steps is not None and steps_done >= self.steps) or (
+            self.seconds is not None and time.monotonic() - self.started >= self.seconds
         )
+
+
+@dataclass
+class FoldCheckpointer:
+    """The fold's DeepSpeed checkpoints in <fold dir>/checkpoints: resume, the periodic rule, save.
+
+    found: a checkpoint exists (``latest``) and the call may resume from it (not under force).
+    resume(engine) binds the engine and, when found, restores it; save() writes the engine with a
+    client state of the position to continue from, the config digest,
+    the world size, the wall time and calls so far, and the EpochSelection's state. wall_s() and
+    calls are the fold's totals over all its calls.
+    """
+
+    out: Path  # the fold directory
+    fold: int
+    world_size: int
+    is_main: bool
+    epochs: int
+    every_epochs: int  # train.checkpoint_every
+    every_steps: int | None  # train.steps_per_checkpoint
+    digest: str  # config_digest without RESUME_EXCLUDE: what a resumed call must match
+    selection: EpochSelection
+    started: float
+    may_resume: bool = True
+    engine: Engine | None = field(default=None, init=False)
+    wall_before: float = field(default=0.0, init=False)
+    calls: int = field(default=1, init=False)
+
+    def __post_init__(self) -> None:
+        self.directory = self.out / CHECKPOINTS
+        self.found = (self.directory / "latest").is_file() and self.may_resume
+
+    @classmethod
+    def for_fold(cls, run: FoldRun, selection: EpochSelection) -> FoldCheckpointer:
+        """The checkpointer of run's fold, its rule from train.checkpoint_every (epochs) and
+        train.steps_per_checkpoint; it does not resume under force."""
+        cfg = run.cfg
+        every_steps = cfg.train.steps_per_checkpoint
+        return cls(
+            run.out,
+            fold=run.fold,
+            world_size=run.env.world_size,
+            is_main=run.env.is_main,
+            epochs=int(cfg.train.epochs),
+            every_epochs=int(cfg.train.checkpoint_every),
+            every_steps=None if every_steps is None else int(every_steps),
+            digest=config_digest(cfg, exclude=RESUME_EXCLUDE),
+            selection=selection,
+            started=run.started,
+            may_resume=not cfg.force,
+        )
+
+    def resume(self, engine: Engine) -> tuple[int, int] | None:
+        """Bind `engine` (what save() writes); when a checkpoint was found, load it into engine
+        and return the (epoch, batch) to continue from, else None.
+
+        Refuses (PgoError) a checkpoint of another config or of another number of ranks (the
+        data stream depends on it). Restores the wall time, the count of calls and the
+        validation state; rank 0 drops the modulation.csv rows of steps after the checkpoint.
+        """
+        self.engine = engine
+        if not self.found:
+            return None
+        ckpt_dir, digest, world = self.directory, self.digest, self.world_size
+        state = engine.load(ckpt_dir)
+        if state.get("config_digest") != digest:
+            raise PgoError(
+                f"{ckpt_dir}: checkpoint of another config (config digest "
+                f"{str(state.get('config_digest'))[:12]}..., this config {digest[:12]}...); "
+                "valid: the same config, another run_dir, or force=true"
+            )
+        if state.get("world_size") != world:
+            raise PgoError(
+                f"{ckpt_dir}: checkpoint written by {state.get('world_size')} rank(s), this run "
+                f"has {world}; the data stream depends on it; valid: the same ranks per fold"
+            )
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        self.wall_before, self.calls = float(state["wall_s"]), int(state["calls"]) + 1
+        self.selection.restore(state)
+        if self.is_main:
+            _truncate_modulation(self.out / MODULATION, engine.global_step)
+        log.info(
+            "fold %d: resumed at epoch %d, batch %d (step %d)",
+            self.fold,
+            epoch,
+            batch,
+            engine.global_step,
+        )
+        return epoch, batch
+
+    def due(self, at: tuple[int, int], step: int) -> bool:
+        """Whether the periodic rule asks for a checkpoint once optimizer step `step` is done and
+        training continues at `at` = (epoch, batch): at the end of an epoch (batch 0) when the
+        epochs done are a multiple of every_epochs or are all of them, and every every_steps
+        steps when set."""
+        next_epoch, next_batch = at
+        end_of_epoch = next_batch == 0
+        return (
+            end_of_epoch and (next_epoch % self.every_epochs == 0 or next_epoch == self.epochs)
+        ) or (self.every_steps is not None and step % self.every_steps == 0)
+
+    def save(self, next_epoch: int, next_batch: int) -> None:
+        """Checkpoint the bound engine to continue at (next_epoch, next_batch); rank 0 then
+        deletes the older step tags. Collective."""
+        state = {
+            "epoch": next_epoch, "batch": next_batch, "config_digest": self.digest,
+            "world_size": self.world_size, "wall_s": self.wall_s(), "calls": self.calls,
+            "fold": self.fold, **self.selection.state(),
+        }  # fmt: skip
+        tag = self.engine.save(self.directory, client_state=state)
+        if self.is_main:
+            _prune_checkpoints(self.directory, tag)
+
+    def wall_s(self) -> float:
+        """Seconds this fold has trained, over all its calls up to now."""
+        return self.wall_before + time.monotonic() - self.started
 
 
 def _truncate_modulation(path: Path, last_step: int) -> None:
@@ -202,25 +580,11 @@ def _truncate_modulation(path: Path, last_step: int) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def per_epoch_mean(path: Path, column: str = "loss") -> list[float | None]:
-    """Mean of one modulation.csv column per epoch (NaN steps left out; None for an epoch with
-    no finite value)."""
-    values: dict[int, list[float]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            value = float(row.get(column) or "nan")
-            values.setdefault(int(row["epoch"]), [])
-            if math.isfinite(value):
-                values[int(row["epoch"])].append(value)
-    return [sum(v) / len(v) if v else None for _, v in sorted(values.items())]
-
-
-def loss_per_epoch(path: Path) -> list[float]:
-    """Mean training loss of each epoch, from modulation.csv."""
-    return per_epoch_mean(path, "loss")
-
-
-# --------------------------------------------------------------------------- the fold
+def _prune_checkpoints(ckpt_dir: Path, keep: Path) -> None:
+    """Delete every step tag but `keep` (checkpoints hold the optimizer state: they are large)."""
+    for child in ckpt_dir.iterdir():
+        if child.is_dir() and child.name.startswith("step") and child != keep:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 class FoldLog:
@@ -271,353 +635,20 @@ def _fmt(value: float | int) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def _fold_inputs(cfg: DictConfig, fold: int):
-    """(FoldData, model, fields to load, image size) after checking the shards have the fields.
+def _progress(enabled: bool, total: int, initial: int, fold: int):
+    from tqdm.auto import tqdm
 
-    fields: {"groups": omics groups (z-scored), "embeddings": per-patient embedding fields of
-    `pgo-shards embed-rna` (served as stored)}, each the sorted fields the model reads.
-    """
-    from hpc_pgo.data.loader import open_fold
-    from hpc_pgo.models import build_model
-    from hpc_pgo.train.validation import validation_patients
-
-    shards = Path(str(cfg.data.shards))
-    data = open_fold(shards, fold)
-    fraction = float(OmegaConf.select(cfg, "train.val_fraction", default=0.0) or 0.0)
-    if fraction > 0:
-        events = {p: r.get("event") for p, r in data.manifest["patients"].items()}
-        held = validation_patients(
-            data.train, {p: e for p, e in events.items() if e is not None}, fraction,
-            seed=int(cfg.seed), fold=fold,
-        )  # fmt: skip
-        data = open_fold(shards, fold, held)
-    embedded = dict(getattr(data, "embeddings", {}))  # field -> width, from `pgo-shards embed-rna`
-    feature_dims = {**{group: len(names) for group, names in data.groups.items()}, **embedded}
-    uses_image = "image" in cfg.model.modalities
-    image_size = int(cfg.data.image_size) if uses_image else None
-    torch.manual_seed(int(cfg.seed) + fold)  # identical initial weights on every rank
-    model = build_model(cfg.model, feature_dims=feature_dims, image_size=image_size)
-    available = set(feature_dims) | ({"image"} if data.image is not None else set())
-    model.check_fields(available, source=f"shard set {data.shard_dir} (manifest.json)")
-    fields = {
-        "groups": sorted(f for f in model.required_fields if f in data.groups),
-        "embeddings": sorted(f for f in model.required_fields if f in embedded),
-    }
-    return data, model, fields, image_size
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"fold {fold}",
+        unit="step",
+        disable=not enabled,
+        mininterval=1.0,
+    )
 
 
-def _standardizer(data, groups: list[str], out: Path, is_main: bool):
-    """Rank 0 fits the fold's z-score statistics once and saves them; every rank loads the file."""
-    from hpc_pgo.data.loader import Standardizer
-
-    if not groups:
-        return None
-    path = out / STANDARDIZER
-    if is_main and not path.is_file():
-        Standardizer.fit(data.shard_dir, data.train, groups).save(path)
-    _barrier()
-    return Standardizer.load(path)
-
-
-def _fit_rna_projection(model, data, standardizer, is_main: bool) -> None:
-    """model.genomic.rna_pcs > 0: rank 0 fits the RNA principal components on the fold's
-    training patients (validation patients excluded; one z-scored row per patient) and every
-    rank takes its buffers. A resumed fold fits them again and the checkpoint's copy, the same
-    values, replaces them."""
-    genomic = getattr(model, "genomic", None)
-    projection = None if genomic is None else genomic.rna_projection
-    if projection is None:
-        return
-    from hpc_pgo.train.coxph import patient_matrix
-
-    state = None
-    if is_main:
-        field = genomic.rna.field
-        values, _ = patient_matrix(
-            data.shard_dir, data.fold, "train", [field], standardizer, holdout=data.val
-        )
-        genomic.fit_rna_projection(torch.from_numpy(values))
-        state = projection.state_dict()
-    projection.load_state_dict(_from_rank0(state))
-
-
-def _clear_fold(out: Path) -> None:
-    """Remove a fold's outputs (force=true), keeping the directory."""
-    if not out.is_dir():
-        return
-    for child in out.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def _prune_checkpoints(ckpt_dir: Path, keep: Path) -> None:
-    """Delete every step tag but `keep` (checkpoints hold the optimizer state: they are large)."""
-    for child in ckpt_dir.iterdir():
-        if child.is_dir() and child.name.startswith("step") and child != keep:
-            shutil.rmtree(child, ignore_errors=True)
-
-
-def train_fold(cfg: DictConfig, fold: int, run_dir: Path) -> dict:
-    """Train fold `fold` of `cfg` and write RUN_DIR/fold_<k>/ (module docstring); the fold's metrics.
-
-    Collective: call it on every rank. Resumes from fold_<k>/checkpoints when a checkpoint
-    exists (refusing one written under another config, naming the keys that differ). Returns
-    metrics.json's content at once when the fold is complete under the same config_digest,
-    unless cfg.force (which starts the fold again). When a budget stops the call early, returns
-    {"status": "stopped", "fold", "step", "epoch"} after checkpointing. Raises PgoError on bad
-    input and on a NaN/inf loss (error.txt written; the last good checkpoint kept).
-    """
-    from hpc_pgo.engine import setup_distributed, teardown_distributed
-
-    started = time.monotonic()
-    out = fold_dir(Path(run_dir), fold)
-    # RANK is set for every rank of a multi-rank fold; rank 0 alone writes error.txt
-    is_main = os.environ.get("RANK", "0") == "0"
-    try:
-        # Before any process group starts: a complete fold returns at once, bad input fails fast.
-        digest = config_digest(cfg)
-        done = None if cfg.force else read_metrics(out)
-        if done is not None:
-            if done.get("config_digest") == digest:
-                log.info("fold %d is complete (%s); nothing to do", fold, out / METRICS)
-                return done
-            _check_same_config(cfg, out, "metrics.json")
-        inputs = _fold_inputs(cfg, fold)
-        if not dist.is_initialized():
-            # The group stays up for later folds in this process (DeepSpeed caches it: a destroyed
-            # and re-created group breaks the next engine) and ends at exit (else gloo may abort).
-            atexit.register(teardown_distributed)
-        env = setup_distributed()
-        return _train_fold(cfg, fold, out, env, started, inputs, digest)
-    except PgoError as err:
-        if is_main:
-            write_text(out / ERROR, f"PgoError: {err}\n")
-        raise
-
-
-def _train_fold(
-    cfg: DictConfig, fold: int, out: Path, env, started: float, inputs: tuple, digest: str
-) -> dict:
-    if cfg.force:
-        if env.is_main:
-            _clear_fold(out)
-        _barrier()
-    ckpt_dir = out / CHECKPOINTS
-    resuming = (ckpt_dir / "latest").is_file() and not cfg.force
-    if resuming:
-        _check_same_config(cfg, out, f"the checkpoint in {ckpt_dir}")
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ERROR).unlink(missing_ok=True)
-        if not resuming:
-            (out / MODULATION).unlink(missing_ok=True)
-            save_config(cfg, out)
-    _barrier()
-
-    data, model, fields, image_size = inputs
-    standardizer = _standardizer(data, fields["groups"], out, env.is_main)
-    _fit_rna_projection(model, data, standardizer, env.is_main)
-    # only when asked for: make_loader takes `embeddings` since `pgo-shards embed-rna` exists
-    extra = {"embeddings": fields["embeddings"]} if fields["embeddings"] else {}
-    if data.val:  # the train split without, and a "val" split of, the held-out patients
-        extra["holdout"] = data.val
-    world, rank = env.world_size, env.rank
-    micro = int(cfg.train.batch_size) // world
-    seed, epochs = int(cfg.seed), int(cfg.train.epochs)
-
-    from hpc_pgo.data.loader import make_loader
-    from hpc_pgo.engine import build_engine
-
-    def loader(split: str, epoch: int, batch_size: int):
-        return make_loader(
-            data.shard_dir, fold, split, batch_size=batch_size, groups=fields["groups"],
-            image_size=image_size, standardizer=standardizer, rank=rank, world_size=world,
-            epoch=epoch, seed=seed, num_workers=int(cfg.train.num_workers),
-            shuffle_buffer=int(cfg.train.shuffle_buffer), **extra,
-        )  # fmt: skip
-
-    steps_per_epoch = len(loader("train", 0, micro))
-    if steps_per_epoch == 0:
-        raise PgoError(
-            f"fold {fold} of {data.shard_dir} has {data.units('train')} train units, fewer than "
-            f"train.batch_size={cfg.train.batch_size}; valid: a smaller train.batch_size"
-        )
-    engine = build_engine(model, cfg, steps_per_epoch=steps_per_epoch, dist_env=env)
-
-    resume_digest = config_digest(cfg, exclude=RESUME_EXCLUDE)
-    epoch, batch_index, wall_before, calls = 0, 0, 0.0, 1
-    selection = EpochSelection(enabled=bool(data.val))
-    if resuming:
-        state = engine.load(ckpt_dir)
-        if state.get("config_digest") != resume_digest:
-            raise PgoError(
-                f"{ckpt_dir}: checkpoint of another config (config digest "
-                f"{str(state.get('config_digest'))[:12]}..., this config {resume_digest[:12]}...); "
-                "valid: the same config, another run_dir, or force=true"
-            )
-        if state.get("world_size") != world:
-            raise PgoError(
-                f"{ckpt_dir}: checkpoint written by {state.get('world_size')} rank(s), this run "
-                f"has {world}; the data stream depends on it; valid: the same ranks per fold"
-            )
-        epoch, batch_index = int(state["epoch"]), int(state["batch"])
-        wall_before, calls = float(state["wall_s"]), int(state["calls"]) + 1
-        selection.restore(state)
-        if env.is_main:
-            _truncate_modulation(out / MODULATION, engine.global_step)
-        log.info(
-            "fold %d: resumed at epoch %d, batch %d (step %d)",
-            fold,
-            epoch,
-            batch_index,
-            engine.global_step,
-        )
-
-    def save(next_epoch: int, next_batch: int) -> None:
-        state = {
-            "epoch": next_epoch, "batch": next_batch, "config_digest": resume_digest,
-            "world_size": world, "wall_s": wall_before + time.monotonic() - started,
-            "calls": calls, "fold": fold, **selection.state(),
-        }  # fmt: skip
-        tag = engine.save(ckpt_dir, client_state=state)
-        if env.is_main:
-            _prune_checkpoints(ckpt_dir, tag)
-
-    budget_steps = cfg.train.stop_after_steps
-    budget_s = None if cfg.train.stop_after_minutes is None else 60.0 * cfg.train.stop_after_minutes
-    every_steps = cfg.train.steps_per_checkpoint
-    fold_log = FoldLog(out, enabled=env.is_main, first_step=engine.global_step if resuming else 0)
-    bar = _progress(env.is_main, epochs * steps_per_epoch, engine.global_step, fold)
-    steps_here = 0
-    hold = Hold.from_env("fold", rank=rank)  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
-    try:
-        while epoch < epochs:
-            for b, batch in enumerate(loader("train", epoch, micro)):
-                if b < batch_index:
-                    continue  # done before the checkpoint this call resumed from
-                torch.manual_seed(step_seed(seed, fold, engine.global_step, rank))
-                stats = engine.train_step(batch, epoch)
-                fold_log.step(epoch, stats)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}", refresh=False)
-                steps_here += 1
-                at = (epoch, b + 1) if b + 1 < steps_per_epoch else (epoch + 1, 0)
-                over = (budget_steps is not None and steps_here >= budget_steps) or (
-                    budget_s is not None and time.monotonic() - started >= budget_s
-                )
-                last_of_epoch = at[1] == 0
-                if last_of_epoch and selection.enabled:  # collective: every rank scores its share
-                    value = _validation_cindex(engine, loader, fold)
-                    selection.record(epoch, value, engine)
-                    fold_log.scalar("val/cindex", value, engine.global_step)
-                periodic = (
-                    last_of_epoch
-                    and ((epoch + 1) % int(cfg.train.checkpoint_every) == 0 or at[0] == epochs)
-                ) or (every_steps is not None and engine.global_step % int(every_steps) == 0)
-                if periodic:
-                    save(*at)
-                if hold is not None:  # tests only: step k done and saved, its stop check to come
-                    hold.at(engine.global_step, lambda: _stop_requested)
-                stop = any_rank(over or _stop_requested)
-                if stop and not periodic:
-                    save(*at)
-                if stop and at[0] < epochs:
-                    _clear_stop_request()
-                    log.info(
-                        "fold %d: stopped at step %d by its budget; checkpoint saved",
-                        fold,
-                        engine.global_step,
-                    )
-                    return {
-                        "status": "stopped",
-                        "fold": fold,
-                        "step": engine.global_step,
-                        "epoch": at[0],
-                    }
-            epoch, batch_index = epoch + 1, 0
-    finally:
-        bar.close()
-        fold_log.close()
-
-    if selection.enabled:  # the test predictions come from the epoch chosen on validation
-        engine.ds.module.load_state_dict(selection.best_state)
-    predictions = _predict(engine, loader, fold)
-    metrics = None
-    if env.is_main:
-        metrics = _finish(
-            out,
-            predictions,
-            cfg,
-            fold,
-            digest,
-            engine,
-            env,
-            wall_before + time.monotonic() - started,
-            calls,
-            selection.metrics(data) if selection.enabled else {},
-        )
-    return _from_rank0(metrics)
-
-
-class EpochSelection:
-    """The validation curve and the weights of the epoch it chooses (hpc_pgo.train.validation).
-
-    record(epoch, value, engine) after each epoch: appends value to the curve and, when
-    choose_epoch picks this epoch, keeps a CPU copy of the module's weights. state() is what a
-    checkpoint carries (the curve, the chosen epoch and step, those weights), restore() reads it
-    back, so a resumed fold continues the same curve and chooses the same epoch.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.curve: list[float | None] = []
-        self.best_epoch: int | None = None
-        self.best_step: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def record(self, epoch: int, value: float | None, engine) -> None:
-        from hpc_pgo.train.validation import choose_epoch
-
-        if epoch != len(self.curve):
-            raise PgoError(f"validation of epoch {epoch} after {len(self.curve)} recorded epochs")
-        self.curve.append(value)
-        if choose_epoch(self.curve) == epoch:
-            self.best_epoch, self.best_step = epoch, engine.global_step
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in engine.ds.module.state_dict().items()
-            }
-
-    def state(self) -> dict:
-        if not self.enabled:
-            return {}
-        return {
-            "val_cindex": list(self.curve),
-            "best_epoch": self.best_epoch,
-            "best_step": self.best_step,
-            "best_state": self.best_state,
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.curve = list(state.get("val_cindex", []))
-        self.best_epoch, self.best_step = state.get("best_epoch"), state.get("best_step")
-        self.best_state = state.get("best_state")
-
-    def metrics(self, data) -> dict:
-        """metrics.json's validation keys."""
-        manifest = data.manifest["patients"]
-        return {
-            "chosen_epoch": self.best_epoch,
-            "chosen_step": self.best_step,
-            "val_cindex": self.curve[self.best_epoch],
-            "val_cindex_per_epoch": list(self.curve),
-            "n_val_patients": len(data.val),
-            "n_val_units": sum(int(manifest[p]["units"]) for p in data.val),
-            "n_val_events": sum(int(manifest[p]["event"]) for p in data.val),
-        }
-
-
-def _validation_cindex(engine, loader, fold: int) -> float | None:
+def _validation_cindex(engine: Engine, loader: Loader, fold: int) -> float | None:
     """Harrell's C (patients' mean hazard) of the current weights on the validation patients;
     None when they have no comparable pair. Collective, like the test pass."""
     import pandas as pd
@@ -632,21 +663,11 @@ def _validation_cindex(engine, loader, fold: int) -> float | None:
         return None
 
 
-def _progress(enabled: bool, total: int, initial: int, fold: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=f"fold {fold}",
-        unit="step",
-        disable=not enabled,
-        mininterval=1.0,
-    )
+# --------------------------------------------------------------------------- after the loop
 
 
 @torch.no_grad()
-def _predict(engine, loader, fold: int, split: str = "test") -> list[dict]:
+def _predict(engine: Engine, loader: Loader, fold: int, split: str = "test") -> list[dict]:
     """theta of every unit of `split` (test, val) once (each rank its share), gathered on every rank."""
     rows = []
     for batch in loader(split, 0, _TEST_BATCH):
@@ -672,22 +693,24 @@ def _predict(engine, loader, fold: int, split: str = "test") -> list[dict]:
 
 
 def _finish(
-    out: Path,
+    run: FoldRun,
     rows: list[dict],
-    cfg,
-    fold,
-    digest,
-    engine,
-    env,
+    *,
+    engine: Engine,
     wall_s: float,
     calls: int,
     validation: Mapping[str, Any],
 ) -> dict:
-    """Rank 0: predictions.csv, then metrics.json (last: it marks the fold complete)."""
+    """Rank 0: predictions.csv, then metrics.json (last: it marks the fold complete).
+
+    rows: _predict's test rows; wall_s, calls: the fold's totals over all calls; validation:
+    metrics.json's validation keys (EpochSelection.metrics), {} without validation.
+    """
     import pandas as pd
 
     from hpc_pgo.survival import fold_cindex, validate_predictions
 
+    out, fold = run.out, run.fold
     branches = [c for c in BRANCH_COLUMNS if rows and c in rows[0]]
     frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event", *branches])
     validate_predictions(frame, where=f"fold {fold} predictions")
@@ -715,17 +738,17 @@ def _finish(
         "n_test_patients": int(frame["patient"].nunique()),
         "n_test_units": len(frame),
         "n_test_events": int(frame.groupby("patient")["event"].first().sum()),
-        "epochs": int(cfg.train.epochs),
+        "epochs": int(run.cfg.train.epochs),
         "steps": engine.global_step,
         "loss_per_epoch": losses,
         "loss_first_epoch": losses[0] if losses else None,
         "loss_last_epoch": losses[-1] if losses else None,
         "wall_time_s": round(wall_s, 3),
         "calls": calls,
-        "world_size": env.world_size,
-        "device": env.device.type,
+        "world_size": run.env.world_size,
+        "device": run.env.device.type,
         "dtype": str(engine.compute_dtype).replace("torch.", ""),
-        "config_digest": digest,
+        "config_digest": run.digest,
         **validation,
     }
     tb_dir = out / TENSORBOARD
@@ -736,3 +759,38 @@ def _finish(
     write_text(out / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     log.info("fold %d: C-index %.4f on %d test patients", fold, cindex, metrics["n_test_patients"])
     return metrics
+
+
+def per_epoch_mean(path: Path, column: str = "loss") -> list[float | None]:
+    """Mean of one modulation.csv column per epoch (NaN steps left out; None for an epoch with
+    no finite value)."""
+    values: dict[int, list[float]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            value = float(row.get(column) or "nan")
+            values.setdefault(int(row["epoch"]), [])
+            if math.isfinite(value):
+                values[int(row["epoch"])].append(value)
+    return [sum(v) / len(v) if v else None for _, v in sorted(values.items())]
+
+
+def loss_per_epoch(path: Path) -> list[float]:
+    """Mean training loss of each epoch, from modulation.csv."""
+    return per_epoch_mean(path, "loss")
+
+
+# --------------------------------------------------------------------------- collectives
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's value on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

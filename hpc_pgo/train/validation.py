@@ -9,18 +9,29 @@ The split (``validation_patients``) is by patient, so every unit of a patient is
 stratified by event (deaths and censored patients are held out in the same proportion), and a
 fixed function of (train patients, their events, f, seed, fold): the same on every rank, on
 every resume, and for every configuration of a sweep that shares seed and splits.
+
+``EpochSelection`` is the fold loop's record of it (hpc_pgo.train.fold): the curve so far, the
+chosen epoch and its weights, carried in every checkpoint so that a resumed fold chooses as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hpc_pgo.errors import PgoError
 
-__all__ = ["choose_epoch", "validation_patients"]
+if TYPE_CHECKING:
+    import torch
+
+    from hpc_pgo.data.folds import FoldData
+    from hpc_pgo.engine.engine import Engine
+
+__all__ = ["EpochSelection", "choose_epoch", "validation_patients"]
 
 
 def validation_patients(
@@ -75,3 +86,61 @@ def choose_epoch(curve: Sequence[float | None]) -> int:
         if value is not None and math.isfinite(value) and value > best_value:
             best, best_value = epoch, float(value)
     return best
+
+
+class EpochSelection:
+    """The validation curve and the weights of the epoch it chooses.
+
+    record(epoch, value, engine) after each epoch: appends value to the curve and, when
+    choose_epoch picks this epoch, keeps a CPU copy of the module's weights. state() is what a
+    checkpoint carries (the curve, the chosen epoch and step, those weights), restore() reads it
+    back, so a resumed fold continues the same curve and chooses the same epoch. Disabled
+    (enabled=False, no validation patients), state() is {} and restore() does nothing.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.curve: list[float | None] = []
+        self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def record(self, epoch: int, value: float | None, engine: Engine) -> None:
+        if epoch != len(self.curve):
+            raise PgoError(f"validation of epoch {epoch} after {len(self.curve)} recorded epochs")
+        self.curve.append(value)
+        if choose_epoch(self.curve) == epoch:
+            self.best_epoch, self.best_step = epoch, engine.global_step
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in engine.ds.module.state_dict().items()
+            }
+
+    def state(self) -> dict:
+        if not self.enabled:
+            return {}
+        return {
+            "val_cindex": list(self.curve),
+            "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.curve = list(state.get("val_cindex", []))
+        self.best_epoch, self.best_step = state.get("best_epoch"), state.get("best_step")
+        self.best_state = state.get("best_state")
+
+    def metrics(self, data: FoldData) -> dict:
+        """metrics.json's validation keys."""
+        manifest = data.manifest["patients"]
+        return {
+            "chosen_epoch": self.best_epoch,
+            "chosen_step": self.best_step,
+            "val_cindex": self.curve[self.best_epoch],
+            "val_cindex_per_epoch": list(self.curve),
+            "n_val_patients": len(data.val),
+            "n_val_units": sum(int(manifest[p]["units"]) for p in data.val),
+            "n_val_events": sum(int(manifest[p]["event"]) for p in data.val),
+        }

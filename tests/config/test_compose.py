@@ -8,7 +8,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from hpc_pgo.config import CONFIG_DIR_ENV, compose, group_choices, usable_cores
 from hpc_pgo.errors import PgoError
-from tests.config.conftest import CONFIGS, choices_on_disk, read_yaml
+from tests.config.conftest import CONFIGS, choices_on_disk, read_choice, read_yaml
 
 BASE = read_yaml(CONFIGS / "base.yaml")
 
@@ -66,7 +66,7 @@ def test_each_choice_places_its_file_under_the_group_key(group, choice):
     extra = ["model=genomic"] if group == "data" else []
     cfg = compose([f"{group}={choice}", *extra])
     assert cfg.groups[group] == choice
-    written = leaves(read_yaml(CONFIGS / group / f"{choice}.yaml"))
+    written = leaves(read_choice(group, choice))
     composed = leaves(OmegaConf.to_container(cfg[group]))
     assert composed.keys() == written.keys()
     for key, value in written.items():
@@ -77,9 +77,7 @@ def test_each_choice_places_its_file_under_the_group_key(group, choice):
 @pytest.mark.parametrize("group", ["data", "model", "deepspeed"])
 def test_choices_of_a_group_share_one_key_set(group):
     # so that `model=genomic model.image.arch=...` means the same key whatever the choice
-    key_sets = {
-        c: set(leaves(read_yaml(CONFIGS / group / f"{c}.yaml"))) for c in choices_on_disk(group)
-    }
+    key_sets = {c: set(leaves(read_choice(group, c))) for c in choices_on_disk(group)}
     first = next(iter(key_sets.values()))
     assert all(keys == first for keys in key_sets.values()), key_sets
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from hpc_pgo.data.shards import write_manifest
+from hpc_pgo.data.shards import read_manifest, write_manifest
+from hpc_pgo.data.sidecar import OMICS_TABLE_KEY
 
 
 @dataclass
@@ -223,3 +225,12 @@ def distributed_pass(rank: int, world_size: int, port: int, shard_dir: str, resu
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def without_table(root: Path, out: Path) -> Path:
+    """A copy of the set without its patient table, as built before it."""
+    shutil.copytree(root, out)
+    manifest = read_manifest(out)
+    (out / manifest.pop(OMICS_TABLE_KEY)["file"]).unlink()
+    write_manifest(out, manifest)
+    return out

@@ -28,12 +28,14 @@ import pytest
 
 from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.cli import main
-from hpc_pgo.data.loader import open_fold
+from hpc_pgo.data.folds import open_fold
 from hpc_pgo.data.shards import (
     DIGEST_KEY,
     MANIFEST,
+    VERIFIED,
     manifest_digest,
     read_manifest,
+    read_verified,
     verify,
     write_manifest,
 )
@@ -314,7 +316,7 @@ def test_the_output_hint_is_only_for_the_outputs_paths(tmp_path: Path) -> None:
     """An input the build cannot read (EACCES on a ROI) is named without 'give another --out'."""
     import errno
 
-    from hpc_pgo.data.build import output_error
+    from hpc_pgo.data.staging import output_error
 
     out = tmp_path / "shards" / "pf"
     roi = tmp_path / "rois" / "a.png"
@@ -483,10 +485,14 @@ def test_an_old_manifest_without_digest_is_refused_until_sealed(built_sets, tmp_
     )
     with pytest.raises(PgoError, match=f"no {DIGEST_KEY} .* pgo-shards seal {shards}"):
         open_fold(shards, 0)
+    (shards / VERIFIED).unlink()  # a set from before digests has no record of a verification
     code, out, err = _run(["seal", str(shards)], capsys)
     assert (code, err) == (0, "") and out.startswith(f"sealed {shards / MANIFEST}: ")
     manifest = read_manifest(shards)
     assert manifest[DIGEST_KEY] == manifest_digest(manifest)
+    # seal verified every shard: it records that, so loaders do not hash them again
+    record, why = read_verified(shards)
+    assert why is None and sorted(record) == sorted(s["name"] for s in manifest["shards"])
     assert verify(shards).ok and open_fold(shards, 0).fold == 0
     sealed = tree_bytes(shards)
     code, out, _ = _run(["seal", str(shards)], capsys)

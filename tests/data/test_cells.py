@@ -22,7 +22,8 @@ from hpc_pgo.data.cells import (
     write_cells,
 )
 from hpc_pgo.data.cli import main as pgo_shards
-from hpc_pgo.data.shards import iter_samples, load_npy, read_manifest
+from hpc_pgo.data.members import load_npy
+from hpc_pgo.data.shards import iter_samples, read_manifest
 from hpc_pgo.errors import PgoError
 
 # 6 of the 10 pbmc types mapped onto 5 classes; the other 4 types are dropped and counted

@@ -18,8 +18,10 @@ import yaml
 from hpc_pgo.data import embed_rna as E
 from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.cli import main
-from hpc_pgo.data.loader import make_loader, open_fold
+from hpc_pgo.data.folds import open_fold
+from hpc_pgo.data.loader import make_loader
 from hpc_pgo.data.shards import read_manifest, verify
+from hpc_pgo.data.sidecar import SIDE_CAR, read_embeddings, write_side_car
 from hpc_pgo.errors import PgoError
 from hpc_pgo.models import scgpt as S
 from hpc_pgo.models.genomic import MLP
@@ -146,7 +148,7 @@ def test_embed_serve_and_idempotent(shards, cohort, ckpt, capsys):
     assert np.allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
 
     # same inputs: nothing to do, nothing rewritten
-    side_car = shards / E.SIDE_CAR
+    side_car = shards / SIDE_CAR
     stamp = side_car.stat().st_mtime_ns, (shards / "manifest.json").read_bytes()
     assert run(str(shards), "--scgpt", str(ckpt), "--max-length", "64") == 0
     assert "up to date" in capsys.readouterr().out
@@ -175,7 +177,7 @@ def test_mlp_a_applied_and_checked(shards, ckpt, tmp_path, capsys):
     assert run(str(shards), "--scgpt", str(ckpt), "--mlp-a", str(good)) == 0
     manifest = read_manifest(shards)
     assert manifest["embeddings"]["fields"] == {"rna_emb": {"dim": 32}, "rna_mlpa": {"dim": 8}}
-    table = E.read_embeddings(shards, manifest)
+    table = read_embeddings(shards, manifest)
     with torch.no_grad():
         assert np.allclose(
             table.fields["rna_mlpa"],
@@ -273,10 +275,10 @@ def test_bad_checkpoint_and_loader_errors(shards, ckpt, tmp_path, capsys):
         )
     assert run(str(shards), "--scgpt", str(ckpt)) == 0
     # a replaced side-car: refused against the manifest's sha256
-    side_car = shards / E.SIDE_CAR
+    side_car = shards / SIDE_CAR
     table = dict(np.load(side_car))
     table["rna_emb"] = table["rna_emb"] * 2
-    E.write_side_car(side_car, table)
+    write_side_car(side_car, table)
     with pytest.raises(PgoError, match=r"rna_emb\.npz: differs from the sha256"):
         make_loader(
             shards,
@@ -299,8 +301,8 @@ def test_cli_choices_match_the_model_module():
 
 def test_side_car_is_deterministic(tmp_path):
     arrays = {"patients": np.array(["a", "b"]), "rna_emb": np.eye(2, dtype=np.float32)}
-    E.write_side_car(tmp_path / "one.npz", arrays)
-    E.write_side_car(tmp_path / "two.npz", arrays)
+    write_side_car(tmp_path / "one.npz", arrays)
+    write_side_car(tmp_path / "two.npz", arrays)
     assert (tmp_path / "one.npz").read_bytes() == (tmp_path / "two.npz").read_bytes()
     loaded = np.load(tmp_path / "one.npz", allow_pickle=False)
     assert list(loaded["patients"]) == ["a", "b"] and json.dumps(loaded["rna_emb"].tolist())
@@ -315,7 +317,7 @@ def test_patients_without_rna_get_zeros(tmp_path, pbmc_genes_values, ckpt):
     build_cohort(spec, tmp_path / "masked", workers=0, progress=False)
     record, done = E.embed_rna(tmp_path / "masked", ckpt, progress=False)
     assert done and record["patients_without_rna"] == ["P003"]
-    table = E.read_embeddings(tmp_path / "masked", read_manifest(tmp_path / "masked"))
+    table = read_embeddings(tmp_path / "masked", read_manifest(tmp_path / "masked"))
     norms = np.linalg.norm(table.fields["rna_emb"], axis=1)
     assert norms[table.row_of["P003"]] == 0 and np.allclose(
         np.delete(norms, table.row_of["P003"]), 1, atol=1e-5

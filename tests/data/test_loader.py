@@ -13,15 +13,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hpc_pgo.data.loader import (
-    Standardizer,
-    index_shards,
-    make_loader,
-    open_fold,
-    patient_of_key,
-    plan_train,
-    split_keys,
-)
+from hpc_pgo.data.epochs import plan_train
+from hpc_pgo.data.folds import open_fold, split_keys
+from hpc_pgo.data.loader import make_loader
+from hpc_pgo.data.shards import patient_of_key
+from hpc_pgo.data.standardizer import Standardizer
+from hpc_pgo.data.tarindex import index_shards
 from hpc_pgo.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -17,22 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_pgo.data import loader as loader_module
+from hpc_pgo.data import tarindex
 from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.demo import write_demo_cohort
-from hpc_pgo.data.loader import (
-    TAR_INDEX,
-    Standardizer,
-    index_shards,
-    make_loader,
-    open_fold,
-    plan_rank,
-    rank_share,
-    shard_layout,
-    sharded,
-)
+from hpc_pgo.data.epochs import plan_rank, rank_share, shard_layout, sharded
+from hpc_pgo.data.folds import open_fold
+from hpc_pgo.data.loader import FoldLoader, make_loader
 from hpc_pgo.data.shards import VERIFIED, read_manifest, write_manifest
+from hpc_pgo.data.standardizer import Standardizer
+from hpc_pgo.data.tarindex import TAR_INDEX, index_shards
 from hpc_pgo.errors import PgoError
+from tests.data.loader_fixtures import without_table
 
 GROUPS = ["cnv", "mut"]
 
@@ -55,7 +50,7 @@ def copy(built: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(built, tmp_path / "shards"))
 
 
-def make(root: Path, split: str, **options) -> loader_module.FoldLoader:
+def make(root: Path, split: str, **options) -> FoldLoader:
     settings = dict(batch_size=4, groups=GROUPS, image_size=None, standardizer=None)
     return make_loader(root, 0, split, **{**settings, **options})
 
@@ -168,7 +163,7 @@ def test_an_epochs_plan_depends_on_its_inputs_only(built) -> None:
     options = dict(rank=2, world_size=4, batch_size=2, seed=9, shuffle_buffer=5)
     ran = [plan_rank(data, "train", epoch=e, **options)[0] for e in range(4)]
     TAR_INDEX.clear()
-    loader_module._sha256.cache_clear()
+    tarindex._sha256.cache_clear()
     resumed = plan_rank(open_fold(built, 0), "train", epoch=3, **options)[0]
     assert resumed == ran[3] and ran[3] != ran[2]
     assert keys_of(make(built, "train", epoch=3, **options)) == resumed.keys
@@ -195,19 +190,28 @@ def test_one_rank_and_small_sets_keep_todays_plan(built, tmp_path) -> None:
         assert len(flat) == len(set(flat)) == len(split_keys(built, "test"))
 
 
-def test_standardizer_reads_only_the_shards_where_train_patients_start(built, tmp_path) -> None:
+def test_the_standardizer_indexes_no_shard_and_equals_the_first_unit_reads(built, tmp_path) -> None:
     data = open_fold(built, 0)
     TAR_INDEX.clear()
+    reads = TAR_INDEX.reads
     fitted = Standardizer.fit(built, data.train, GROUPS)
+    assert TAR_INDEX.reads == reads and not TAR_INDEX.entries  # the patient table only
+
+    # a set built before the table: each train patient's first unit, read from the shards where
+    # a train patient starts
+    old = without_table(built, tmp_path / "old")
+    TAR_INDEX.clear()
+    first_units = Standardizer.fit(old, data.train, GROUPS)
     starts = {
         next(e["name"] for e in data.manifest["shards"] if p in {q for q, _ in e["patients"]})
         for p in data.train
     }
     assert {Path(p).name for p in TAR_INDEX.entries} == starts
-    old = Standardizer.fit(without_layout(built, tmp_path / "old"), data.train, GROUPS)
-    for group in GROUPS:
-        assert (fitted.mean[group] == old.mean[group]).all()
-        assert (fitted.std[group] == old.std[group]).all()
+    oldest = Standardizer.fit(without_layout(old, tmp_path / "oldest"), data.train, GROUPS)
+    for other in (first_units, oldest):
+        for group in GROUPS:
+            assert (fitted.mean[group] == other.mean[group]).all()
+            assert (fitted.std[group] == other.std[group]).all()
 
 
 # --------------------------------------------------------------------------- verified record
@@ -215,7 +219,7 @@ def test_standardizer_reads_only_the_shards_where_train_patients_start(built, tm
 
 def hashes() -> int:
     """Shards hashed by the loader in this process so far (its digest cache's misses)."""
-    return loader_module._sha256.cache_info().misses
+    return tarindex._sha256.cache_info().misses
 
 
 def test_a_verified_set_is_not_hashed(built, caplog) -> None:
@@ -227,8 +231,8 @@ def test_a_verified_set_is_not_hashed(built, caplog) -> None:
     ]
     for entry in record["shards"]:
         assert entry["mtime_ns"] == (built / entry["name"]).stat().st_mtime_ns
-    loader_module._sha256.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="hpc_pgo.data.loader"):
+    tarindex._sha256.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="hpc_pgo.data.tarindex"):
         for rank in range(3):
             keys_of(make(built, "train", rank=rank, world_size=3))
         keys_of(make(built, "test"))
@@ -237,8 +241,8 @@ def test_a_verified_set_is_not_hashed(built, caplog) -> None:
 
 def test_an_unverified_set_warns_once_and_hashes_what_the_rank_reads(copy, caplog) -> None:
     (copy / VERIFIED).unlink()
-    loader_module._sha256.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="hpc_pgo.data.loader"):
+    tarindex._sha256.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="hpc_pgo.data.tarindex"):
         TAR_INDEX.clear()
         first = make(copy, "train", rank=1, world_size=4)
         assert hashes() == len(TAR_INDEX.entries) == len(first.plan.shard_order) < 18
@@ -292,7 +296,7 @@ def test_a_shard_touched_since_verification_is_hashed_and_then_trusted(copy) -> 
     name = next(n for n, units in shard_layout(data, "test") if units)
     stat = (copy / name).stat()
     os.utime(copy / name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # e.g. a cp without -p
-    loader_module._sha256.cache_clear()
+    tarindex._sha256.cache_clear()
     TAR_INDEX.clear()
     keys_of(make(copy, "test"))
     assert hashes() == 1  # that shard only: its content is still the verified one

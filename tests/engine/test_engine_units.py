@@ -143,9 +143,11 @@ def test_noise_is_reproducible_per_step_and_leaves_the_head_alone():
 # --- DeepSpeed config ---------------------------------------------------------------------------
 def test_deepspeed_config_fills_batch_precision_and_no_clipping():
     conf = deepspeed_config(
-        {"zero_optimization": {"stage": 2}}, batch_size=32, world_size=3, device_type="cpu"
+        {"zero_optimization": {"stage": 2}}, batch_size=32, world_size=4, device_type="cpu"
     )
-    assert conf["train_micro_batch_size_per_gpu"] == 11 and conf["train_batch_size"] == 33
+    assert conf["train_micro_batch_size_per_gpu"] == 8 and conf["train_batch_size"] == 32
+    with pytest.raises(PgoError, match="train.batch_size=32 does not split over 3 ranks"):
+        deepspeed_config({}, batch_size=32, world_size=3, device_type="cpu")  # micro_batch's rule
     assert conf["gradient_accumulation_steps"] == 1 and conf["gradient_clipping"] == 0.0
     assert conf["bf16"] == {"enabled": False} and conf["zero_optimization"]["stage"] == 2
     gpu = deepspeed_config({"dtype": "auto"}, batch_size=32, world_size=1, device_type="cuda")
@@ -174,9 +176,9 @@ def test_config_rules_accept_every_dtype_the_engine_documents_and_auto_resolves_
 
     from hpc_pgo.config import compose
     from hpc_pgo.config.rules import CHOICES
-    from hpc_pgo.engine.engine import _DTYPES
+    from hpc_pgo.engine.engine import DTYPES
 
-    assert set(CHOICES["deepspeed.dtype"]) == set(_DTYPES)  # the two lists cannot drift apart
+    assert set(CHOICES["deepspeed.dtype"]) == set(DTYPES)  # the two lists cannot drift apart
     group = OmegaConf.to_container(compose(["deepspeed.dtype=auto"]).deepspeed, resolve=True)
     on = {
         device: deepspeed_config(group, batch_size=32, world_size=1, device_type=device)["bf16"]

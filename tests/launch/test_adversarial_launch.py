@@ -31,8 +31,9 @@ import pytest
 from hpc_pgo import hold
 from hpc_pgo.config import compose, config_digest, save_config
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import LOCK
 from hpc_pgo.launch.executors import exception_line, log_lines
-from hpc_pgo.launch.locks import LOCK_FILE, RunDirLock, fold_holder
+from hpc_pgo.launch.locks import RunDirLock, fold_holder
 from hpc_pgo.launch.rundir import prepare_run_dir
 from hpc_pgo.launch.submission import submit, wait
 from hpc_pgo.launch.task import children, start_ticks
@@ -176,7 +177,7 @@ def test_a_fold_claimed_by_a_live_job_is_refused_to_another_job_and_retaken_by_i
     assert fold_holder(out) is None
     again = _take(out, "202_3")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert json.loads((out / LOCK_FILE).read_text())["job"] == "202_3"
+    assert json.loads((out / LOCK).read_text())["job"] == "202_3"
 
 
 def test_a_run_dir_held_by_a_launcher_is_refused_naming_it_and_free_once_it_is_killed(

@@ -18,10 +18,11 @@ from omegaconf import OmegaConf
 
 from hpc_pgo.config import compose, config_digest, save_config
 from hpc_pgo.errors import PgoError
+from hpc_pgo.fold_outputs import config_changes
 from hpc_pgo.launch.env import PORT_BASE, PORT_SPAN, export_rendezvous, master_port
 from hpc_pgo.launch.executors import slurm_parameters
 from hpc_pgo.launch.report import expected_folds, report, write_report
-from hpc_pgo.launch.rundir import check_run_dir, config_difference, prepare_run_dir
+from hpc_pgo.launch.rundir import check_run_dir, prepare_run_dir
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
 from hpc_pgo.launch.task import FoldTask, resolve_fold_fn
 from hpc_pgo.survival import fold_cindex, read_predictions
@@ -115,7 +116,7 @@ def test_run_dir_with_another_config_is_refused_with_the_difference(tmp_path):
     (tmp_path / "fold_1" / "checkpoints").mkdir()
     assert prepare_run_dir(forced, tmp_path) == [0, 1]
     assert not (tmp_path / "fold_1" / "checkpoints").exists()  # force starts the fold afresh
-    assert "train.lr: 0.002 -> 0.001" in config_difference(cfg, forced)
+    assert "train.lr: 0.002 -> 0.001" in config_changes(cfg, forced)
 
 
 def test_finished_folds_are_skipped_unless_forced(tmp_path):

@@ -179,8 +179,8 @@ def test_cli_fits_then_embed_rna_runs_on_the_demo_shards(tmp_path, capsys):
 
     assert cli.main(["embed-rna", str(shards), "--scgpt", str(ckpt), "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
     assert "50 of 50 genes in the scGPT vocab" in capsys.readouterr().out
-    from hpc_pgo.data.embed_rna import read_embeddings
     from hpc_pgo.data.shards import read_manifest
+    from hpc_pgo.data.sidecar import read_embeddings
 
     manifest = read_manifest(shards)
     record = manifest["embeddings"]

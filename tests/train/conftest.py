@@ -45,3 +45,27 @@ def clean_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+def checkpointed(cfg, out: Path, fold: int):
+    """(FoldInputs of `fold` whose model holds the weights of out/checkpoints/latest, in eval
+    mode; the fold's test loader with the standardizer the fold saved)."""
+    import torch
+
+    from hpc_pgo.data.loader import make_loader
+    from hpc_pgo.data.standardizer import Standardizer
+    from hpc_pgo.train.fold import FoldInputs
+
+    inputs = FoldInputs.open(cfg, fold)
+    tag = (out / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(
+        out / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False
+    )["module"]
+    inputs.model.load_state_dict(state)
+    inputs.model.eval()
+    loader = make_loader(
+        inputs.data.shard_dir, fold, "test", batch_size=64, groups=inputs.groups,
+        image_size=inputs.image_size, standardizer=Standardizer.load(out / "standardizer.json"),
+        shuffle_buffer=1, holdout=inputs.data.val,
+    )  # fmt: skip
+    return inputs, loader

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from hpc_pgo.data.cli import main as pgo_shards
-from hpc_pgo.data.loader import open_fold
+from hpc_pgo.data.folds import open_fold
 from hpc_pgo.errors import PgoError
 from hpc_pgo.survival import fold_cindex, read_predictions
 from hpc_pgo.train.fold import MODULATION_COLUMNS, request_stop, train_fold
-from tests.train.conftest import fold_config
+from tests.train.conftest import checkpointed, fold_config
 
 # Small and fast: the demo preset's CNN at 32 px, two epochs of 6 steps (batch 16 of 96 units).
 SMALL = ("model=fusion_small", "train.epochs=2", "train.batch_size=16")
@@ -71,21 +71,8 @@ def _assert_branch_parts_are_the_heads_blocks(cfg, run_dir, preds: pd.DataFrame)
     W^G G + b/2 and W^P P + b/2: a swap of the two columns (or of the blocks) fails here."""
     from torch.nn import functional as F
 
-    from hpc_pgo.data.loader import Standardizer, make_loader
-    from hpc_pgo.train.fold import _fold_inputs
-
-    out = run_dir / "fold_1"
-    data, model, fields, image_size = _fold_inputs(cfg, 1)
-    tag = (out / "checkpoints" / "latest").read_text().strip()
-    state = torch.load(
-        out / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False
-    )["module"]
-    model.load_state_dict(state)
-    model.eval()
-    loader = make_loader(
-        data.shard_dir, 1, "test", batch_size=64, groups=fields["groups"], image_size=image_size,
-        standardizer=Standardizer.load(out / "standardizer.json"), shuffle_buffer=1,
-    )  # fmt: skip
+    inputs, loader = checkpointed(cfg, run_dir / "fold_1", 1)
+    model = inputs.model
     by_unit = preds.set_index(preds["patient"] + "__" + preds["unit"])
     with torch.no_grad():
         for batch in loader:
@@ -150,9 +137,9 @@ def test_nan_loss_stops_the_fold_and_keeps_the_last_good_checkpoint(small_shards
     assert tag == f"step{bad_step:08d}"  # saved after the last finite step, never after the NaN
     # the checkpoint loads into a fresh engine and holds finite weights
     from hpc_pgo.engine import build_engine, setup_distributed
-    from hpc_pgo.train.fold import _fold_inputs
+    from hpc_pgo.train.fold import FoldInputs
 
-    _, model, _, _ = _fold_inputs(cfg, 0)
+    model = FoldInputs.open(cfg, 0).model
     engine = build_engine(model, cfg, steps_per_epoch=6, dist_env=setup_distributed())
     state = engine.load(out / "checkpoints")
     assert engine.global_step == bad_step and state["fold"] == 0

@@ -18,11 +18,13 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from hpc_pgo.config import compose
-from hpc_pgo.data.loader import Standardizer, make_loader, open_fold
+from hpc_pgo.data.folds import open_fold
+from hpc_pgo.data.loader import make_loader
+from hpc_pgo.data.standardizer import Standardizer
 from hpc_pgo.errors import PgoError
-from hpc_pgo.train.fold import _fold_inputs, train_fold
+from hpc_pgo.train.fold import FoldInputs, train_fold
 from hpc_pgo.train.validation import choose_epoch, validation_patients
-from tests.train.conftest import fold_config
+from tests.train.conftest import checkpointed, fold_config
 from tests.train.test_demo import _free_port, _rank
 
 # genomic only, 6 epochs of batch 16: fast, and long enough for the curve to have a maximum
@@ -119,7 +121,7 @@ def test_chosen_epoch_is_the_argmax_and_its_weights_give_the_predictions(small_s
     assert metrics["chosen_step"] == 4 * (metrics["chosen_epoch"] + 1)  # 4 steps per epoch
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
-    data, model, fields, _ = _fold_inputs(cfg, 0)
+    data = FoldInputs.open(cfg, 0).data
     assert metrics["n_val_patients"] == len(data.val) == 12 and metrics["n_val_units"] == 24
     assert metrics["n_val_events"] == sum(_events(small_shards)[p] for p in data.val) >= 1
     assert set(data.val) <= set(open_fold(small_shards, 0).train) and not set(data.val) & set(
@@ -131,31 +133,22 @@ def test_chosen_epoch_is_the_argmax_and_its_weights_give_the_predictions(small_s
     # the same fold stopped right after the chosen epoch: its weights give the predictions
     stop = f"train.stop_after_steps={metrics['chosen_step']}"
     train_fold(fold_config(small_shards, *GENOMIC, stop), 0, tmp_path / "short")
-    at_chosen = _checkpoint_predictions(cfg, tmp_path / "short" / "fold_0", data, model, fields)
-    final = _checkpoint_predictions(cfg, out, data, model, fields)
+    at_chosen = _checkpoint_predictions(cfg, tmp_path / "short" / "fold_0")
+    final = _checkpoint_predictions(cfg, out)
     by_unit = preds.set_index(preds["patient"] + "__" + preds["unit"])["hazard"]
     np.testing.assert_allclose(by_unit[at_chosen.index], at_chosen, rtol=1e-5, atol=1e-6)
     if metrics["chosen_epoch"] < 5:  # not the final weights
         assert np.abs(by_unit[final.index] - final).max() > 1e-4
 
 
-def _checkpoint_predictions(cfg, out, data, model, fields) -> pd.Series:
-    """theta of every test unit from the module weights of out/checkpoints/latest."""
-    tag = (out / "checkpoints" / "latest").read_text().strip()
-    state = torch.load(
-        out / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False
-    )["module"]
-    model.load_state_dict(state)
-    model.eval()
-    loader = make_loader(
-        data.shard_dir, 0, "test", batch_size=64, groups=fields["groups"], image_size=None,
-        standardizer=Standardizer.load(out / "standardizer.json"), holdout=data.val,
-    )  # fmt: skip
+def _checkpoint_predictions(cfg, out) -> pd.Series:
+    """theta of every test unit of fold 0 from the module weights of out/checkpoints/latest."""
+    inputs, loader = checkpointed(cfg, out, 0)
     keys, theta = [], []
     with torch.no_grad():
         for batch in loader:
             keys += list(batch["key"])
-            theta += model(batch)["theta"].double().tolist()
+            theta += inputs.model(batch)["theta"].double().tolist()
     return pd.Series(theta, index=keys)
 
 
