@@ -130,7 +130,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import hpc_pgo  # noqa: F401
-    from hpc_pgo.data.cells import checkpoint_vocab, load_cells, read_label_map, write_cells
+    from hpc_pgo.data.cell_shards import load_cells
+    from hpc_pgo.data.cells import checkpoint_vocab, read_label_map, write_cells
     from hpc_pgo.engine.distributed import teardown_distributed
     from hpc_pgo.models.scgpt import load_scgpt
     from hpc_pgo.models.scgpt_fit import FIT_RECORD, fit_scgpt

@@ -303,7 +303,7 @@ def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length:
     from sklearn.preprocessing import StandardScaler
 
     from hpc_pgo.config import load_config
-    from hpc_pgo.data.cells import load_cells
+    from hpc_pgo.data.cell_shards import load_cells
     from hpc_pgo.models.scgpt import load_scgpt
     from hpc_pgo.survival.paired import paired_difference
     from hpc_pgo.train.pretrain import HEAD_FILE, MixedCellEmbedder, head_from_cfg

@@ -1,4 +1,4 @@
-"""Cell shards: single-cell AnnData (.h5ad) into WebDataset shards for MLP-A pretraining.
+"""`pgo-shards cells`: single-cell AnnData (.h5ad) into WebDataset cell shards for MLP-A pretraining.
 
     pgo-shards cells --h5ad pbmc.h5ad --scgpt CKPT_DIR --label-col bulk_labels \\
         --label-map cell_types.yaml [--layer counts] [--gene-col feature_name] --out shards/cells
@@ -30,10 +30,8 @@ Output, one sample per kept cell, keyed ``c<row index in the h5ad, 9 digits>``:
     label.cls    ASCII int    the class index into manifest["classes"]
     cell.json    {"obs_name": ..., "type": <source type>}
 
-``manifest.json`` (schema_version 1, kind "cells"): classes, label_map, vocab_digest of the
-checkpoint, the source (path, layer, columns, shape), gene matching counts, counts (cells, per
-class), dropped (per source type and reason), and the shard records (name, samples, bytes,
-sha256). ``pgo-shards verify`` checks cell shards with ``verify_cells``.
+``manifest.json`` (kind "cells") and reading the set back: hpc_pgo.data.cell_shards; reading the
+h5ad: hpc_pgo.data.h5ad.
 """
 
 from __future__ import annotations
@@ -41,28 +39,31 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import h5py
-import numpy as np
-import scipy.sparse as sp
 import webdataset as wds
 import yaml
 from tqdm import tqdm
 
 import hpc_pgo
-from hpc_pgo.data.members import TAR_OPTIONS, json_bytes, load_npy, npy_bytes, sha256_file
+from hpc_pgo.data.cell_shards import KIND, cell_sample
+from hpc_pgo.data.h5ad import (
+    cell_tokens,
+    check_values,
+    column_to_vocab,
+    expression_matrix,
+    iter_rows,
+    open_h5ad,
+    read_cell_types,
+    read_gene_names,
+)
+from hpc_pgo.data.members import TAR_OPTIONS
 from hpc_pgo.data.shards import (
     SCHEMA_VERSION,
     SHARD_GLOB,
     SHARD_PATTERN,
-    VerifyReport,
-    digest_problem,
-    iter_samples,
-    read_manifest,
     shard_record,
     write_manifest,
 )
@@ -71,14 +72,10 @@ from hpc_pgo.errors import PgoError
 
 log = logging.getLogger(__name__)
 
-KIND = "cells"
-ROWS_PER_BLOCK = 1024  # rows read from the HDF5 matrix at a time (the only part densified)
 NO_TYPE = "<no type>"  # how a missing (NaN) obs label is counted among the dropped
+
+
 NO_VOCAB_GENE = "no expressed gene in the vocabulary"
-FIELDS = ("genes.npy", "values.npy", "label.cls", "cell.json")
-
-
-# --------------------------------------------------------------------------- label map
 
 
 @dataclass(frozen=True)
@@ -126,141 +123,6 @@ def read_label_map(path: str | os.PathLike) -> LabelMap:
                 f"valid: {', '.join(classes)}"
             )
     return LabelMap(tuple(classes), {str(k): str(v) for k, v in mapping.items()})
-
-
-# --------------------------------------------------------------------------- reading the h5ad
-
-
-def open_h5ad(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise PgoError(f"--h5ad {path}: no such file") from None
-    except OSError as err:
-        raise PgoError(f"--h5ad {path}: not an HDF5 (.h5ad) file ({err})") from None
-
-
-def expression_matrix(f: h5py.File, path: Path, layer: str | None) -> Any:
-    """The expression matrix as a row-sliceable object (anndata's backed sparse dataset, or the
-    h5py dataset of a dense matrix): X, or layers/<layer>. Nothing is read yet."""
-    from anndata.io import sparse_dataset
-
-    if layer is None:
-        where, node = "X", f.get("X")
-    else:
-        layers = f.get("layers")
-        available = sorted(layers) if layers is not None else []
-        if layer not in available:
-            raise PgoError(
-                f"--h5ad {path}: no layer {layer!r}; valid: {', '.join(available) or 'none'} "
-                "(or leave out --layer to read X)"
-            )
-        where, node = f"layers/{layer}", layers[layer]
-    if node is None:
-        raise PgoError(f"--h5ad {path}: has no {where} matrix")
-    if isinstance(node, h5py.Group):
-        encoding = node.attrs.get("encoding-type", "")
-        if encoding != "csr_matrix":
-            # CSC rows would be gathered across the whole file for every block of cells.
-            raise PgoError(
-                f"--h5ad {path}: {where} is {encoding or 'an unknown encoding'}; valid: "
-                "csr_matrix or a dense array (convert with adata.X = adata.X.tocsr())"
-            )
-        return sparse_dataset(node)
-    return node
-
-
-def _frame(f: h5py.File, key: str):
-    from anndata.io import read_elem
-
-    return read_elem(f[key])
-
-
-def read_cell_types(f: h5py.File, path: Path, label_col: str) -> tuple[np.ndarray, np.ndarray]:
-    """(obs[label_col] as an object array of str, None where missing; obs_names as str);
-    PgoError listing the obs columns when label_col is absent."""
-    obs = _frame(f, "obs")
-    if label_col not in obs.columns:
-        raise PgoError(
-            f"--h5ad {path}: obs has no column {label_col!r} (--label-col); obs columns: "
-            f"{', '.join(map(str, obs.columns)) or 'none'}"
-        )
-    column = obs[label_col]
-    types = np.array([None if v is None or v != v else str(v) for v in column], dtype=object)
-    return types, np.asarray(obs.index, dtype=str)
-
-
-def read_gene_names(f: h5py.File, path: Path, gene_col: str | None) -> list[str]:
-    """Gene names of the matrix columns: var_names, or var[gene_col]."""
-    var = _frame(f, "var")
-    if gene_col is None:
-        return [str(g) for g in var.index]
-    if gene_col not in var.columns:
-        raise PgoError(
-            f"--h5ad {path}: var has no column {gene_col!r} (--gene-col); var columns: "
-            f"{', '.join(map(str, var.columns)) or 'none'} (leave it out to use var_names)"
-        )
-    return [str(g) for g in var[gene_col]]
-
-
-def column_to_vocab(genes: list[str], vocab: Mapping[str, int]) -> np.ndarray:
-    """Vocabulary index of each matrix column (int64, -1 where the gene is not in the vocab)."""
-    return np.array([vocab.get(g, -1) for g in genes], dtype=np.int64)
-
-
-def iter_rows(
-    matrix: Any, n_rows: int, block: int = ROWS_PER_BLOCK
-) -> Iterator[tuple[int, sp.csr_matrix]]:
-    """(first row index, CSR block of up to `block` rows) over the matrix, in row order."""
-    for start in range(0, n_rows, block):
-        chunk = matrix[start : min(start + block, n_rows)]
-        yield start, chunk.tocsr() if sp.issparse(chunk) else sp.csr_matrix(np.asarray(chunk))
-
-
-def cell_tokens(
-    columns: np.ndarray, values: np.ndarray, col_vocab: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One cell's (gene ids, values) in the vocabulary: columns outside the vocab and zeros dropped,
-    columns of the same gene summed, ids ascending. columns: (k,) matrix columns of the stored
-    entries; values: (k,) their expression. Returns int64 (n,), float32 (n,)."""
-    ids = col_vocab[columns]
-    keep = (ids >= 0) & (values != 0)
-    ids, vals = ids[keep], values[keep].astype(np.float64)
-    unique, inverse = np.unique(ids, return_inverse=True)
-    summed = np.bincount(inverse, weights=vals, minlength=len(unique))
-    return unique.astype(np.int64), summed.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def cell_sample(row: int, obs_name: str, source_type: str, label: int, genes, values) -> dict:
-    """The WebDataset sample of one cell (fields in FIELDS, bytes)."""
-    return {
-        "__key__": f"c{row:09d}",
-        "genes.npy": npy_bytes(genes, np.int64),
-        "values.npy": npy_bytes(values, np.float32),
-        "label.cls": str(label).encode(),
-        "cell.json": json_bytes({"obs_name": obs_name, "type": source_type}),
-    }
-
-
-def check_values(block: sp.csr_matrix, start: int, path: Path, where: str) -> None:
-    if block.nnz and not np.all(np.isfinite(block.data)):
-        row = start + int(
-            np.searchsorted(block.indptr, np.flatnonzero(~np.isfinite(block.data))[0], "right") - 1
-        )
-        raise PgoError(
-            f"--h5ad {path}: {where} row {row} holds NaN or inf; valid: finite expression"
-        )
-    if block.nnz and block.data.min() < 0:
-        row = start + int(
-            np.searchsorted(block.indptr, np.flatnonzero(block.data < 0)[0], "right") - 1
-        )
-        raise PgoError(
-            f"--h5ad {path}: {where} row {row} holds a negative value; valid: non-negative "
-            "expression (counts or log1p counts, not z-scores; pick one with --layer)"
-        )
 
 
 def write_cells(
@@ -385,152 +247,6 @@ def _write_samples(
     return counts, dropped
 
 
-# --------------------------------------------------------------------------- reading back
-
-
-def read_cells_manifest(directory: str | os.PathLike, *, check_digest: bool = True) -> dict:
-    """The manifest of a cell shard set; PgoError when the directory holds another kind."""
-    manifest = read_manifest(directory, check_digest=check_digest)
-    if manifest.get("kind") != KIND:
-        raise PgoError(
-            f"{directory}: a shard set of kind {manifest.get('kind', 'cohort')!r}; valid: cell "
-            "shards written by pgo-shards cells"
-        )
-    return manifest
-
-
-@dataclass
-class CellTable:
-    """All cells of a shard set in memory, CSR-like: cell c has genes[offsets[c]:offsets[c+1]].
-
-    genes: int64 (nnz,) vocabulary ids, ascending within a cell; values: float32 (nnz,);
-    offsets: int64 (n_cells + 1,); labels: int64 (n_cells,) class indices; classes: names.
-    Memory: 12 bytes per stored entry (a 1M-cell atlas at ~1,500 genes/cell: ~18 GB).
-    """
-
-    genes: np.ndarray
-    values: np.ndarray
-    offsets: np.ndarray
-    labels: np.ndarray
-    classes: tuple[str, ...]
-    vocab_digest: str
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def cell(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """(gene ids (n,), values (n,)) of cell c."""
-        lo, hi = self.offsets[c], self.offsets[c + 1]
-        return self.genes[lo:hi], self.values[lo:hi]
-
-
-def load_cells(directory: str | os.PathLike, *, verify_sha: bool = True) -> CellTable:
-    """Read every cell of a cell shard set into a CellTable (shards checked against the manifest's
-    sha256 first unless verify_sha is False)."""
-    directory = Path(directory)
-    manifest = read_cells_manifest(directory)
-    genes, values, lengths, labels = [], [], [], []
-    for entry in manifest["shards"]:
-        path = directory / entry["name"]
-        if not path.is_file():
-            raise PgoError(f"{directory}: shard {entry['name']} listed in the manifest is missing")
-        if verify_sha and sha256_file(path) != entry["sha256"]:
-            raise PgoError(f"{directory}: shard {entry['name']}: sha256 differs from the manifest")
-        for sample in iter_samples(path):
-            g, v = load_npy(sample["genes.npy"]), load_npy(sample["values.npy"])
-            genes.append(g)
-            values.append(v)
-            lengths.append(len(g))
-            labels.append(int(sample["label.cls"]))
-    if len(labels) != manifest["counts"]["cells"]:
-        raise PgoError(
-            f"{directory}: {len(labels)} cells in the shards, manifest counts {manifest['counts']['cells']}"
-        )
-    return CellTable(
-        genes=np.concatenate(genes).astype(np.int64),
-        values=np.concatenate(values).astype(np.float32),
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        labels=np.asarray(labels, dtype=np.int64),
-        classes=tuple(manifest["classes"]),
-        vocab_digest=manifest["vocab_digest"],
-    )
-
-
-def _check_cell_sample(sample: dict, n_classes: int) -> list[str]:
-    """Problems of one cell sample (empty when sound)."""
-    fields = {k for k in sample if not k.startswith("__")}
-    problems = [f"field {f}: missing" for f in FIELDS if f not in fields]
-    problems += [f"field {f}: not a field of cell shards" for f in sorted(fields - set(FIELDS))]
-    if problems:
-        return problems
-    try:
-        genes, values = load_npy(sample["genes.npy"]), load_npy(sample["values.npy"])
-        label = int(sample["label.cls"])
-    except Exception as exc:  # any decoding failure is a finding
-        return [f"does not decode ({' '.join(str(exc).split())})"]
-    if genes.dtype != np.int64 or values.dtype != np.float32 or genes.shape != values.shape:
-        problems.append(f"genes {genes.dtype} {genes.shape} / values {values.dtype} {values.shape}")
-    elif genes.ndim != 1 or (len(genes) > 1 and np.any(np.diff(genes) <= 0)):
-        problems.append("genes.npy: ids not ascending and unique")
-    if not 0 <= label < n_classes:
-        problems.append(f"label.cls {label}: outside 0..{n_classes - 1}")
-    return problems
-
-
-def verify_cells(directory: str | os.PathLike, *, decode: bool = True) -> VerifyReport:
-    """Check every cell shard against the manifest (presence, bytes, sha256, sample counts and,
-    with `decode`, every sample's fields and label), and the per-class counts."""
-    directory = Path(directory)
-    manifest = read_cells_manifest(directory, check_digest=False)
-    report = VerifyReport(str(directory))
-    if problem := digest_problem(manifest, directory):  # edited since written, or unsealed
-        report.problems.append(f"manifest.json: {problem}")
-    n_classes = len(manifest["classes"])
-    per_class: Counter[int] = Counter()
-    listed = {s["name"] for s in manifest["shards"]}
-    for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
-        report.problems.append(f"shard {extra}: present but not in the manifest")
-    for entry in manifest["shards"]:
-        path = directory / entry["name"]
-        report.shards += 1
-        if not path.is_file():
-            report.problems.append(f"shard {entry['name']}: missing")
-            continue
-        report.bytes += path.stat().st_size
-        if sha256_file(path) != entry["sha256"]:
-            report.problems.append(f"shard {entry['name']}: sha256 differs from the manifest")
-        count = 0
-        try:
-            for sample in iter_samples(path):
-                count += 1
-                if decode:
-                    for problem in _check_cell_sample(sample, n_classes):
-                        report.problems.append(
-                            f"shard {entry['name']} sample {sample['__key__']}: {problem}"
-                        )
-                    if "label.cls" in sample:
-                        per_class[int(sample["label.cls"])] += 1
-        except Exception as exc:  # a damaged tar: report where reading stopped
-            report.problems.append(
-                f"shard {entry['name']}: unreadable after {count} samples ({' '.join(str(exc).split())})"
-            )
-        report.samples += count
-        if count != entry["samples"]:
-            report.problems.append(
-                f"shard {entry['name']}: {count} samples, manifest says {entry['samples']}"
-            )
-    if decode and not report.problems:
-        for i, name in enumerate(manifest["classes"]):
-            if per_class[i] != manifest["counts"]["per_class"][name]:
-                report.problems.append(
-                    f"class {name}: {per_class[i]} cells, manifest says {manifest['counts']['per_class'][name]}"
-                )
-    return report
-
-
-# --------------------------------------------------------------------------- command line
-
-
 def checkpoint_vocab(model_dir: str | os.PathLike) -> tuple[dict[str, int], str]:
     """(gene symbol -> index, vocab digest) of an scGPT checkpoint folder's vocab.json (special
     tokens left out: they are not genes). The digest is hpc_pgo.models.scgpt.vocab_digest."""
@@ -599,20 +315,3 @@ def add_cells_parser(sub) -> None:
     p.add_argument("--shard-size-mb", type=float, default=256, help="close a shard past this")
     p.add_argument("--shard-max-count", type=int, default=10000, help="cells per shard")
     p.set_defaults(func=cmd_cells)
-
-
-def info_cells(directory: str | os.PathLike) -> str:
-    """A human summary of a cell shard set: cells per class, dropped cells, genes, shards."""
-    m = read_cells_manifest(directory)
-    c = m["counts"]
-    lines = [
-        f"cell shards {directory}, built by {m.get('created_by', '?')} from {m['source']['h5ad']} "
-        f"({m['source']['matrix']}, label column {m['source']['label_col']})",
-        f"cells {c['cells']} in {len(m['classes'])} classes: "
-        + ", ".join(f"{name} {c['per_class'][name]}" for name in m["classes"]),
-        f"genes: {m['genes']['in_vocab']} of {m['genes']['columns']} columns in the vocab "
-        f"{m['vocab_digest'][:12]}...",
-        f"shards: {len(m['shards'])}, {sum(s['bytes'] for s in m['shards']) / 2**20:.1f} MiB",
-        "dropped: " + (", ".join(f"{n} x {why}" for why, n in m["dropped"].items()) or "none"),
-    ]
-    return "\n".join(lines)

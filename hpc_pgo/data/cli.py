@@ -303,12 +303,12 @@ def _print_built(out: Path, manifest: dict) -> None:
 
 
 def _verifier(directory: str) -> Callable:
-    """verify, or cells.verify_cells for cell shards (the manifest's kind)."""
-    from hpc_pgo.data import cells
+    """verify, or cell_shards.verify_cells for cell shards (the manifest's kind)."""
+    from hpc_pgo.data import cell_shards
     from hpc_pgo.data.shards import read_manifest, verify
 
     kind = read_manifest(directory, check_digest=False).get("kind")
-    return cells.verify_cells if kind == cells.KIND else verify
+    return cell_shards.verify_cells if kind == cell_shards.KIND else verify
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -380,11 +380,11 @@ def cmd_seal(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hpc_pgo.data import cells
+    from hpc_pgo.data import cell_shards
     from hpc_pgo.data.shards import info, read_manifest
 
     kind = read_manifest(args.dir, check_digest=False).get("kind")
-    summary = cells.info_cells if kind == cells.KIND else info
+    summary = cell_shards.info_cells if kind == cell_shards.KIND else info
     print(summary(args.dir))
     return 0
 

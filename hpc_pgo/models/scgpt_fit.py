@@ -93,7 +93,7 @@ def read_atlas(
     PgoError (naming the file, row or column) for a missing file, layer or gene column, a
     negative or non-finite value, or an atlas without an expressed cell.
     """
-    from hpc_pgo.data import cells as cell_io
+    from hpc_pgo.data import h5ad as cell_io
 
     path = Path(path)
     with cell_io.open_h5ad(path) as f:

@@ -289,7 +289,7 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     global _stop_requested
     import deepspeed
 
-    from hpc_pgo.data.cells import load_cells
+    from hpc_pgo.data.cell_shards import load_cells
     from hpc_pgo.engine.distributed import any_rank, setup_distributed
     from hpc_pgo.engine.engine import deepspeed_config, load_checkpoint, save_checkpoint
     from hpc_pgo.models.scgpt import load_scgpt, save_mlp_a

@@ -12,16 +12,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from hpc_pgo.data.cells import (
-    NO_VOCAB_GENE,
-    cell_tokens,
-    checkpoint_vocab,
-    load_cells,
-    read_label_map,
-    verify_cells,
-    write_cells,
-)
+from hpc_pgo.data.cell_shards import load_cells, verify_cells
+from hpc_pgo.data.cells import NO_VOCAB_GENE, checkpoint_vocab, read_label_map, write_cells
 from hpc_pgo.data.cli import main as pgo_shards
+from hpc_pgo.data.h5ad import cell_tokens
 from hpc_pgo.data.members import load_npy
 from hpc_pgo.data.shards import iter_samples, read_manifest
 from hpc_pgo.errors import PgoError
