@@ -23,7 +23,9 @@ Then, each in a fresh process (no cache of an earlier measurement):
 - start-up, one rank, whole cohort: the same for rank 0 of 1 (its fit not included);
 - epoch: units/s of one train epoch of fold 0 read by 2 ranks at once (two processes, the
   images decoded and augmented at --image-size, omics standardised; no model), after each
-  rank's first batch (steady state); the better of two epochs.
+  rank's first batch (steady state); the better of two epochs. The epoch time is the epoch's
+  units (all its batches) at that rate: the first batch's start-up is the start-up rows' figure,
+  and left in, it would weigh more in a small cohort's short epoch than in a large one's.
 
 Each quantity's growth exponent is the least-squares slope of log(quantity) against log(units)
 over the scales. Targets: build and epoch time exponents <= 1.05; start-up seconds and memory
@@ -156,7 +158,7 @@ def probe_memory(
     return {"traced_peak_mb": peak / 2**20}
 
 
-def _epoch_rank(args: tuple) -> tuple[int, float]:
+def _epoch_rank(args: tuple) -> tuple[int, float, int]:
     shard_dir, std, rank, world, image_size, batch = args
     import torch
 
@@ -174,16 +176,18 @@ def _epoch_rank(args: tuple) -> tuple[int, float]:
     for b in batches:
         units += len(b["key"])
     del first
-    return units, time.perf_counter() - start
+    return units, time.perf_counter() - start, len(fold_loader.plan.keys)
 
 
 def probe_epoch(shard_dir: Path, std: Path, image_size: int, batch: int) -> dict:
     """One train epoch of fold 0 by 2 ranks in 2 processes: units/s after the first batches."""
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         out = pool.map(_epoch_rank, [(shard_dir, std, r, 2, image_size, batch) for r in (0, 1)])
-    units = sum(u for u, _ in out)
-    return {"units": units, "seconds": max(s for _, s in out),
-            "units_per_s": units / max(s for _, s in out)}  # fmt: skip
+    units, seconds = sum(u for u, _, _ in out), max(s for _, s, _ in out)
+    rate = units / seconds
+    epoch_units = sum(n for _, _, n in out)  # the whole epoch's, first batches included
+    return {"units": units, "seconds": seconds, "units_per_s": rate,
+            "epoch_units": epoch_units, "epoch_s": epoch_units / rate}  # fmt: skip
 
 
 def run_probe(kind: str, *args: object) -> dict:
@@ -247,7 +251,7 @@ def measure_scale(root: Path, scale: int, args: argparse.Namespace) -> dict:
         startup_fixed_s=fixed["seconds"], rss_fixed_mb=memory_fixed["traced_peak_mb"],
         indexed_fixed=fixed["shards_indexed"], startup_whole_s=whole["seconds"],
         rss_whole_mb=memory_whole["traced_peak_mb"], indexed_whole=whole["shards_indexed"],
-        epoch_units_per_s=epoch["units_per_s"], epoch_s=epoch["seconds"],
+        epoch_units_per_s=epoch["units_per_s"], epoch_s=epoch["epoch_s"],
     )  # fmt: skip
     return row
 
