@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,36 @@ def checkpointed(cfg, out: Path, fold: int):
         shuffle_buffer=1, holdout=inputs.data.val,
     )  # fmt: skip
     return inputs, loader
+
+
+def _rank(rank: int, world: int, port: int, cfg_yaml: str, run_dir: str, errors: str) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    try:
+        from omegaconf import OmegaConf
+
+        from hpc_pgo.train.fold import train_fold
+
+        train_fold(OmegaConf.create(cfg_yaml), 0, Path(run_dir))
+    except BaseException:
+        Path(errors, f"rank{rank}.txt").write_text(traceback.format_exc())
+        raise
+
+
+def train_fold_on_two_ranks(cfg, run_dir: Path, errors: Path) -> None:
+    """Fold 0 of `cfg` trained by 2 spawned processes (a real gloo group of 2 ranks); a rank's
+    traceback is written to errors/rank<r>.txt."""
+    import torch.multiprocessing as mp
+    from omegaconf import OmegaConf
+
+    from hpc_pgo.engine.distributed import find_free_port
+
+    mp.start_processes(
+        _rank,
+        args=(2, find_free_port(), OmegaConf.to_yaml(cfg), str(run_dir), str(errors)),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )

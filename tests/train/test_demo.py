@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import traceback
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import torch.multiprocessing as mp
 
 from hpc_pgo.train.fold import train_fold
-from tests.train.conftest import fold_config
+from tests.train.conftest import fold_config, train_fold_on_two_ranks
 
 # One fold, 15 epochs at a low rate (5e-4): every model must learn something on fold 0. (`make
 # demo` runs 2e-3, better over the 15 folds; fold 0 is one where it is not.)
@@ -39,26 +33,6 @@ def test_demo_fold_beats_chance_for_each_model(demo_shards, tmp_path, record_pro
     assert cindex["concat+rho"] > 0.6, cindex
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rank(rank: int, world: int, port: int, cfg_yaml: str, run_dir: str, errors: str) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-    )  # fmt: skip
-    try:
-        from omegaconf import OmegaConf
-
-        train_fold(OmegaConf.create(cfg_yaml), 0, Path(run_dir))
-    except BaseException:
-        Path(errors, f"rank{rank}.txt").write_text(traceback.format_exc())
-        raise
-
-
 @pytest.mark.slow
 def test_two_ranks_give_the_predictions_of_one(small_shards, tmp_path):
     # No dropout and no shuffle buffer: then the global batch of every step is the same set of
@@ -68,15 +42,9 @@ def test_two_ranks_give_the_predictions_of_one(small_shards, tmp_path):
         "train.epochs=2", "train.batch_size=16",
     )  # fmt: skip
     one = train_fold(fold_config(small_shards, *args), 0, tmp_path / "one")
-    from omegaconf import OmegaConf
 
-    cfg2 = fold_config(small_shards, *args, "cluster.tasks_per_node=2")
-    mp.start_processes(
-        _rank,
-        args=(2, _free_port(), OmegaConf.to_yaml(cfg2), str(tmp_path / "two"), str(tmp_path)),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
+    train_fold_on_two_ranks(
+        fold_config(small_shards, *args, "cluster.tasks_per_node=2"), tmp_path / "two", tmp_path
     )
     a = pd.read_csv(tmp_path / "one" / "fold_0" / "predictions.csv")
     b = pd.read_csv(tmp_path / "two" / "fold_0" / "predictions.csv")

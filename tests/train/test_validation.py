@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from hpc_pgo.config import compose
@@ -24,8 +23,7 @@ from hpc_pgo.data.standardizer import Standardizer
 from hpc_pgo.errors import PgoError
 from hpc_pgo.train.fold import FoldInputs, train_fold
 from hpc_pgo.train.validation import choose_epoch, validation_patients
-from tests.train.conftest import checkpointed, fold_config
-from tests.train.test_demo import _free_port, _rank
+from tests.train.conftest import checkpointed, fold_config, train_fold_on_two_ranks
 
 # genomic only, 6 epochs of batch 16: fast, and long enough for the curve to have a maximum
 GENOMIC = ("model=genomic", "train.epochs=6", "train.batch_size=16", "train.val_fraction=0.25")
@@ -174,13 +172,8 @@ def test_two_ranks_choose_the_epoch_of_one(small_shards, tmp_path):
     # steps) are the same for 1 and 2 ranks; the validation rows are gathered on every rank
     args = (*GENOMIC, "model.genomic.snn.dropout=0.0", "train.shuffle_buffer=1")
     one = train_fold(fold_config(small_shards, *args), 0, tmp_path / "one")
-    cfg2 = fold_config(small_shards, *args, "cluster.tasks_per_node=2")
-    mp.start_processes(
-        _rank,
-        args=(2, _free_port(), OmegaConf.to_yaml(cfg2), str(tmp_path / "two"), str(tmp_path)),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
+    train_fold_on_two_ranks(
+        fold_config(small_shards, *args, "cluster.tasks_per_node=2"), tmp_path / "two", tmp_path
     )
     two = json.loads((tmp_path / "two" / "fold_0" / "metrics.json").read_text())
     assert two["world_size"] == 2 and two["chosen_epoch"] == one["chosen_epoch"]
