@@ -17,7 +17,8 @@ Stages, in order (each an existing command of the project; outputs under --work)
   pretrain-nomix  the same with mix.enabled=false (the smoothing ablation; same steps and draws)
   embed-rna       pgo-shards embed-rna on the cohort with the scGPT and the mix-up MLP-A
   smoothing       held-out pseudo-bulks of known fractions: fraction error of MLP-A with mix-up,
-                  without, and of the scGPT embedding alone (paired over the mixtures)
+                  without, and of the scGPT embedding alone (paired over the mixtures); the same
+                  against the number of cells mixed (--mixed-cells), and a probe on the counts
   table3          python launch/submit.py sweep=table3 over the folds as ONE array (local)
   report          the Table 3 rows beside the paper's, paired against Exp. 1, Exp. 4 vs Exp. 2,
                   and the smoothing table: <work>/paper.md and paper.json
@@ -284,7 +285,9 @@ def load_smoothing_benchmark():
     return module
 
 
-def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length: int) -> dict:
+def measure_smoothing(
+    work: Path, n_bulks: int, cells_per_bulk: int, max_length: int, mixed_cells: Sequence[int]
+) -> dict:
     """Fraction recovery on held-out pseudo-bulks (benchmarks/smoothing.py's mixtures).
 
     Training mixtures come from the pretraining cells, held-out mixtures from the held-out cells;
@@ -295,6 +298,14 @@ def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length:
     the training mixtures, on the scGPT embedding alone, on MLP-A (mix-up) and MLP-A (no mix-up)
     features. Paired over the held-out mixtures (hpc_pgo.survival.paired on -L1, so Δ > 0 and a
     win mean the first model has the lower error).
+
+    "by_cells", why the bulks come out as they do: the same draws with k cells per mixture for
+    each k of mixed_cells (k = 1: single-cell typing; k = 2: an equal pair, inside mix-up's
+    pretraining distribution; k = cells_per_bulk: the bulks above), n_bulks held-out mixtures and
+    2 n_bulks training mixtures of the same k for the probes. Per k: the mean number of expressed
+    genes, the mean L1 of the prior, both heads, the probe on the scGPT embedding and the same
+    probe on the mixture's own log1p(counts per 10k) over the vocabulary (what the data hold
+    before any embedding), and the paired head mix vs head no-mix.
     """
     import numpy as np
     import torch
@@ -321,12 +332,12 @@ def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length:
     def l1(pred: np.ndarray) -> np.ndarray:
         return np.abs(pred - held_truth).sum(1)
 
-    def probe(x_train: np.ndarray, x_held: np.ndarray) -> np.ndarray:
+    def probe(x_train: np.ndarray, x_held: np.ndarray, y_train: np.ndarray | None = None):
         scaler = StandardScaler().fit(x_train)
         model = RidgeCV(alphas=np.logspace(-3, 3, 13), cv=5)
         with warnings.catch_warnings():  # small alphas on collinear features: CV rejects them
             warnings.simplefilter("ignore", category=LinAlgWarning)
-            model.fit(scaler.transform(x_train), train_truth)
+            model.fit(scaler.transform(x_train), train_truth if y_train is None else y_train)
         pred = np.clip(model.predict(scaler.transform(x_held)), 0.0, None)
         return pred / np.maximum(pred.sum(1, keepdims=True), 1e-12)
 
@@ -335,13 +346,13 @@ def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length:
         "probe scGPT": probe(emb_train.numpy(), emb_held.numpy()),
     }
     per_bulk["probe scGPT"] = l1(per_bulk["probe scGPT"])
-    accuracy = {}
+    accuracy, heads = {}, {}
     singles = [held_cells.cell(c) for c in range(len(held_cells))]
     for tag, run in (("mix", "pretrain/mix"), ("no-mix", "pretrain/nomix")):
         cfg = load_config(work / run)
         head = head_from_cfg(cfg, scgpt.d_model, len(train_cells.classes))
         head.load_state_dict(torch.load(work / run / HEAD_FILE, weights_only=True))
-        head.eval()
+        heads[tag] = head.eval()
         per_bulk[f"head {tag}"] = l1(bench.predict(head, embedder, held_bulks, seed=7))
         with torch.no_grad():
             feats_train, feats_held = head.mlp_a(emb_train).numpy(), head.mlp_a(emb_held).numpy()
@@ -349,13 +360,42 @@ def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length:
         typed = bench.predict(head, embedder, singles, seed=7).argmax(1)
         accuracy[tag] = float((typed == held_cells.labels).mean())
 
-    def paired(a: str, b: str) -> dict:
+    def paired(a: str, b: str, errors: dict | None = None) -> dict:
+        errors = per_bulk if errors is None else errors
         res = paired_difference(
-            {i: -v for i, v in enumerate(per_bulk[a])}, {i: -v for i, v in enumerate(per_bulk[b])}
+            {i: -v for i, v in enumerate(errors[a])}, {i: -v for i, v in enumerate(errors[b])}
         )
         return plain(
             {k: res[k] for k in ("n", "mean", "ci95", "wins", "losses", "ties", "wilcoxon_p")}
         )
+
+    n_genes = len(scgpt.vocab.get_itos())
+
+    def log_counts(samples: list) -> np.ndarray:
+        x = np.zeros((len(samples), n_genes))
+        for row, (genes, values) in enumerate(samples):
+            x[row, genes] = values
+        return np.log1p(1e4 * x / np.maximum(x.sum(1, keepdims=True), 1e-12))
+
+    prior = train_truth.mean(0)
+    by_cells = []
+    for k in mixed_cells:
+        held_k, truth_k = bench.pseudo_bulks(held_cells, n_bulks, k, 303 + k)
+        train_k, train_truth_k = bench.pseudo_bulks(train_cells, 2 * n_bulks, k, 404 + k)
+        pred = {"prior": np.tile(prior, (len(truth_k), 1))}
+        for tag, head in heads.items():
+            pred[f"head {tag}"] = bench.predict(head, embedder, held_k, seed=7)
+        emb_train_k = bench.embed_all(embedder, train_k, 7).numpy()
+        emb_held_k = bench.embed_all(embedder, held_k, 7).numpy()
+        pred["probe scGPT"] = probe(emb_train_k, emb_held_k, train_truth_k)
+        pred["probe counts"] = probe(log_counts(train_k), log_counts(held_k), train_truth_k)
+        err = {name: np.abs(p - truth_k).sum(1) for name, p in pred.items()}
+        by_cells.append({
+            "cells": k,
+            "expressed_genes": float(np.mean([len(genes) for genes, _ in held_k])),
+            "l1_mean": {name: float(np.mean(v)) for name, v in err.items()},
+            "head mix vs head no-mix": paired("head mix", "head no-mix", err),
+        })  # fmt: skip
 
     return {
         "train_cells": len(train_cells),
@@ -372,6 +412,7 @@ def measure_smoothing(work: Path, n_bulks: int, cells_per_bulk: int, max_length:
             "probe MLP-A no-mix vs probe scGPT": paired("probe MLP-A no-mix", "probe scGPT"),
         },
         "heldout_cell_accuracy": accuracy,
+        "by_cells": by_cells,
     }
 
 
@@ -455,6 +496,29 @@ def paper_report(work: Path) -> tuple[str, dict]:
     acc = smoothing["heldout_cell_accuracy"]
     lines += ["", f"Held-out single cells typed by the head: mix-up {acc['mix']:.3f}, no mix-up "
               f"{acc['no-mix']:.3f}."]  # fmt: skip
+    lines += [
+        "",
+        "## Fraction error against the number of cells mixed",
+        "",
+        f"The same draws with k held-out cells per mixture ({smoothing['bulks']['heldout']} per k; "
+        "the probes fitted on training mixtures of the same k): k = 1 is single-cell typing, "
+        "k = 2 an equal pair (inside mix-up's pretraining distribution), "
+        f"k = {smoothing['bulks']['cells_per_bulk']} the bulks above. Probe counts: the same "
+        "ridge on the mixture's own log1p(counts per 10k), before any embedding. Mean L1; "
+        "Δ head: head mix vs head no-mix (> 0: mix-up lower), wins, Wilcoxon p.",
+        "",
+        "| cells mixed k | expressed genes | prior | head mix | head no-mix | probe scGPT | "
+        "probe counts | Δ head [95% CI] | wins | p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in smoothing["by_cells"]:
+        e, p = row["l1_mean"], row["head mix vs head no-mix"]
+        lines.append(
+            f"| {row['cells']} | {row['expressed_genes']:.0f} | {e['prior']:.3f} | "
+            f"{e['head mix']:.3f} | {e['head no-mix']:.3f} | {e['probe scGPT']:.3f} | "
+            f"{e['probe counts']:.3f} | {p['mean']:+.3f} [{p['mean'] - p['ci95']:+.3f}, "
+            f"{p['mean'] + p['ci95']:+.3f}] | {p['wins']}/{p['n']} | {_fmt_p(p['wilcoxon_p'])} |"
+        )
     return "\n".join(lines) + "\n", {
         "table3": summary,
         "exp4_vs_exp2": smooth_survival,
@@ -483,10 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--epochs", type=int, default=15, help="epochs per fold of the sweep (default 15)")
     add("--bulks", type=int, default=200, help="held-out pseudo-bulks (default 200)")
     add("--cells-per-bulk", type=int, default=40, help="cells per pseudo-bulk (default 40)")
+    add("--mixed-cells", default="1,2,5,10,20,40",
+        help="cells per mixture of the smoothing stage's k table (default 1,2,5,10,20,40)")  # fmt: skip
     add("--cluster", choices=("auto", "local", "slurm"), default="auto",
         help="where pretraining runs: auto = Slurm (2 nodes) when sinfo answers, else local")  # fmt: skip
     add("-v", "--verbose", action="store_true", help="show each command's output, not only logs")
     return parser
+
+
+def mixed_cells(text: str) -> list[int] | None:
+    """--mixed-cells as a list of positive integers, or None when it is not one."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        return None
+    return values if values and all(v >= 1 for v in values) else None
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -502,6 +577,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         (args.epochs >= 1, "--epochs: >= 1"),
         (args.bulks >= 10, "--bulks: at least 10"),
         (args.cells_per_bulk >= 1, "--cells-per-bulk: >= 1"),
+        (mixed_cells(args.mixed_cells) is not None,
+         f"--mixed-cells {args.mixed_cells}: a comma-separated list of positive integers"),
     ]  # fmt: skip
     return next((msg for ok, msg in rules if not ok), None)
 
@@ -681,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
         smooth_dir = work / "smoothing"
 
         def smoothing_action(resume: bool) -> None:
-            result = measure_smoothing(work, args.bulks, args.cells_per_bulk, max_length=1200)
+            result = measure_smoothing(
+                work, args.bulks, args.cells_per_bulk, 1200, mixed_cells(args.mixed_cells)
+            )
             write_json(smooth_dir / "smoothing.json", result)
 
         pipe.stage(
@@ -693,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
                 | pipe.out("pretrain-nomix"),
                 "bulks": args.bulks,
                 "cells_per_bulk": args.cells_per_bulk,
+                "mixed_cells": mixed_cells(args.mixed_cells),
             },  # fmt: skip
             lambda: [smooth_dir / "smoothing.json"],
             smoothing_action,

@@ -381,6 +381,24 @@ def test_sweep_report_pairs_every_entry_with_the_reference_fold_by_fold(tmp_path
     assert f"{branches['image']['mean']:.3f} ± " in base_row and "| reference |" in base_row
 
 
+@pytest.mark.parametrize(
+    "overrides, note",
+    [
+        (["model=kronecker"], "kronecker fusion mixes the modalities before the head: theta has "
+         "no additive split"),
+        (["model.modalities=[image]"], "one modality (image): no branch parts"),
+        (["launch.fold_fn=hpc_pgo.train.coxph.coxph_fold"], "a CoxPH reference has no branches"),
+    ],
+)  # fmt: skip
+def test_a_run_without_branch_parts_says_why_and_gives_no_numbers(tmp_path, overrides, note):
+    save_config(compose(["folds=0-2", f"run_dir={tmp_path}", *overrides]), tmp_path)
+    for k in range(3):
+        write_fold(tmp_path, k)
+    summary = write_report(tmp_path)
+    assert summary["branches"] == {"note": note}
+    assert f"Branch parts: none ({note})" in (tmp_path / "summary.md").read_text()
+
+
 def stats_t975(df: int) -> float:
     from scipy import stats
 

@@ -48,6 +48,7 @@ def statuses(stdout: str) -> dict[str, str]:
         (["--folds", "0"], "--folds 0: valid 1..15"),
         (["--pretrain-batch", "3"], "--pretrain-batch 3: an even number"),
         (["--patients", "10"], "--patients 10: at least 40"),
+        (["--mixed-cells", "2,0"], "--mixed-cells 2,0: a comma-separated list of positive"),
     ],
 )
 def test_bad_options_are_one_error_line(tmp_path: Path, args: list[str], words: str):
@@ -89,6 +90,17 @@ def test_pipeline_runs_end_to_end_then_skips_and_redoes_only_what_changed(tmp_pa
     }  # fmt: skip
     assert all(0.0 <= v <= 2.0 for v in smoothing["l1_mean"].values())
     assert smoothing["paired"]["head mix vs head no-mix"]["n"] == 30
+    by_cells = smoothing["by_cells"]
+    assert [row["cells"] for row in by_cells] == [1, 2, 5, 10, 20, 40]
+    for row in by_cells:
+        assert set(row["l1_mean"]) == {
+            "prior", "head mix", "head no-mix", "probe scGPT", "probe counts",
+        }  # fmt: skip
+        assert all(0.0 <= v <= 2.0 for v in row["l1_mean"].values())
+        assert row["head mix vs head no-mix"]["n"] == 30
+    # one cell is one type (truth one-hot, prior L1 near 2); forty cells approach the mean
+    assert by_cells[0]["l1_mean"]["prior"] > 1.5 > by_cells[-1]["l1_mean"]["prior"]
+    assert by_cells[0]["expressed_genes"] < by_cells[-1]["expressed_genes"]
     summary = json.loads((work / "table3/sweep_summary.json").read_text())
     assert len(summary["runs"]) == 7
     assert all(run["n_folds"] == 2 for run in summary["runs"].values())
@@ -102,7 +114,8 @@ def test_pipeline_runs_end_to_end_then_skips_and_redoes_only_what_changed(tmp_pa
     # the report: seven Table 3 rows, the paired columns against Exp. 1, the paper's numbers
     text = (work / "paper.md").read_text()
     assert text in first.stdout
-    rows = [line for line in text.splitlines() if re.match(r"\| (\d|CoxPH) \|", line)]
+    table3 = text.split("## Smoothing")[0]
+    rows = [line for line in table3.splitlines() if re.match(r"\| (\d|CoxPH) \|", line)]
     assert [r.split("|")[1].strip() for r in rows] == ["1", "2", "3", "4", "5", "6", "CoxPH"]
     assert "| reference |" in rows[0] and "0.826 ± 0.010" in rows[0]
     for row in rows[1:]:
@@ -111,6 +124,9 @@ def test_pipeline_runs_end_to_end_then_skips_and_redoes_only_what_changed(tmp_pa
         assert re.fullmatch(r"\d/2", cells[5]) and cells[7] == "2", row
     assert "0.848 ± 0.014" in rows[5]
     assert "Exp. 4 (scGPT w/ smooth) vs Exp. 2" in text and "held-out pseudo-bulks" in text
+    k_rows = text.split("## Fraction error against the number of cells mixed")[1]
+    assert [line.split("|")[1].strip() for line in k_rows.splitlines() if
+            re.match(r"\| \d+ \|", line)] == ["1", "2", "5", "10", "20", "40"]  # fmt: skip
     paper_json = json.loads((work / "paper.json").read_text())
     assert paper_json["exp4_vs_exp2"]["n"] == 2
     for stage in STAGES:
