@@ -9,6 +9,10 @@ over all ranks, B/W per rank):
        x = lambda * x_i + (1 - lambda) * x_j     (a gene absent from a cell counts 0 there),
    and its target the same way, t = lambda * onehot(y_i) + (1 - lambda) * onehot(y_j);
    with mix.enabled=false, lambda = 1: x = x_i, t = onehot(y_i) (the ablation);
+   mix.cells = m > 2 (an extension, not the paper's; default 2) mixes m cells instead of a pair:
+   cells c_1..c_m uniform with replacement, weights w ~ Dirichlet(1, ..., 1) (for m = 2 that is
+   lambda ~ U(0, 1) again), x = sum_k w_k x_{c_k}, t = sum_k w_k onehot(y_{c_k}): what a bulk
+   of many cells of many types looks like;
 3. tokenise the mixed sample as scGPT does (per-sample binning of its non-zero values,
    hpc_pgo.models.scgpt.tokenize_sample, seeded per (seed, step, r, pair)) and embed it with the
    frozen scGPT (eval mode, no gradient): e (B/W, d_model), L2-normalised;
@@ -111,6 +115,35 @@ def draw_pairs(
     j = rng.integers(0, n_cells, n_pairs)
     lam = rng.uniform(0.0, 1.0, n_pairs) if mix else np.ones(n_pairs)
     return i, j, lam
+
+
+def draw_mixtures(
+    n_cells: int, n_samples: int, n_mix: int, *, seed: int, step: int, rank: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cells (P, m), weights (P, m)) for one rank's step with mix.cells = m > 2: cells uniform
+    with replacement, weights ~ Dirichlet(1, ..., 1) per sample (rows sum to 1). Seeded by
+    (seed, step, rank) as draw_pairs (m = 2 keeps draw_pairs' own stream)."""
+    rng = np.random.default_rng([seed, step, rank])
+    cells = rng.integers(0, n_cells, (n_samples, n_mix))
+    return cells, rng.dirichlet(np.ones(n_mix), n_samples)
+
+
+def mix_many(
+    cells: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """sum_k weights[k] * x_k over the union of the cells' genes (absent = 0), as mix_cells for
+    more than two cells: (genes ascending, values float32), zero-valued genes left out."""
+    genes = np.unique(np.concatenate([g for g, _ in cells]))
+    mixed = np.zeros(len(genes), dtype=np.float64)
+    for (g, v), w in zip(cells, weights, strict=True):
+        mixed[np.searchsorted(genes, g)] += float(w) * np.asarray(v, dtype=np.float64)
+    keep = mixed != 0
+    return genes[keep], mixed[keep].astype(np.float32)
+
+
+def mixture_targets(labels: torch.Tensor, weights: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Soft targets sum_k weights[:, k] onehot(labels[:, k]): labels, weights (B, m) -> (B, C)."""
+    return (weights.float().unsqueeze(2) * F.one_hot(labels, n_classes).float()).sum(dim=1)
 
 
 def sample_seed(seed: int, step: int, rank: int, index: int) -> int:
@@ -245,6 +278,9 @@ def _check_pretrain(cfg: DictConfig) -> None:
         raise PgoError(f"train.loss={cfg.train.loss!r} is not valid; valid: {', '.join(LOSSES)}")
     if not isinstance(cfg.mix.enabled, bool):
         raise PgoError(f"mix.enabled={cfg.mix.enabled!r} is not valid; valid: true, false")
+    n_mix = cfg.mix.cells
+    if not isinstance(n_mix, int) or isinstance(n_mix, bool) or n_mix < 2:
+        raise PgoError(f"mix.cells={n_mix!r} is not valid; valid: an integer >= 2 (2: pairs)")
     for key in (
         "train.steps",
         "train.log_every",
@@ -330,20 +366,30 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     )
     labels = torch.from_numpy(cells.labels)
     seed, rank, mix = int(cfg.seed), dist_env.rank, bool(cfg.mix.enabled)
+    n_mix = int(cfg.mix.cells) if mix else 2
     ds_engine.train()
     signalled = periodic = False
     hold = Hold.from_env("pretrain", rank=rank)  # HPC_PGO_HOLD, set by tests only (hpc_pgo.hold)
     while ds_engine.global_steps < stop_at and not signalled:
         step = ds_engine.global_steps
-        i, j, lam = draw_pairs(len(cells), micro, seed=seed, step=step, rank=rank, mix=mix)
-        mixed = [
-            mix_cells(*cells.cell(a), *cells.cell(b), float(w))
-            for a, b, w in zip(i, j, lam, strict=True)
-        ]
+        if n_mix == 2:
+            i, j, lam = draw_pairs(len(cells), micro, seed=seed, step=step, rank=rank, mix=mix)
+            mixed = [
+                mix_cells(*cells.cell(a), *cells.cell(b), float(w))
+                for a, b, w in zip(i, j, lam, strict=True)
+            ]
+            target = mix_targets(labels[i], labels[j], torch.from_numpy(lam), n_classes)
+        else:
+            picks, weights = draw_mixtures(
+                len(cells), micro, n_mix, seed=seed, step=step, rank=rank
+            )
+            mixed = [
+                mix_many([cells.cell(c) for c in row], w)
+                for row, w in zip(picks, weights, strict=True)
+            ]
+            target = mixture_targets(labels[picks], torch.from_numpy(weights), n_classes)
         emb = embed(mixed, [sample_seed(seed, step, rank, k) for k in range(micro)])
-        target = mix_targets(labels[i], labels[j], torch.from_numpy(lam), n_classes).to(
-            dist_env.device
-        )
+        target = target.to(dist_env.device)
         loss = loss_fn(ds_engine(emb.to(dist_env.device)), target)
         if not math.isfinite(float(loss.detach())):
             raise PgoError(
@@ -377,6 +423,7 @@ def pretrain(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                 "step": ds_engine.global_steps,
                 "done": done,
                 "mix": mix,
+                "mix_cells": n_mix,
                 "loss": str(cfg.train.loss),
                 "losses": losses,
             },

@@ -24,9 +24,12 @@ from hpc_pgo.errors import PgoError
 from hpc_pgo.train.pretrain import (
     LOSSES,
     compose_pretrain,
+    draw_mixtures,
     draw_pairs,
     mix_cells,
+    mix_many,
     mix_targets,
+    mixture_targets,
 )
 from tests.data.test_cells import LABEL_MAP, pbmc_counts
 from tests.launch.conftest import slurm_cluster  # noqa: F401  (fixture)
@@ -81,6 +84,39 @@ def test_pair_draws_are_seeded_per_seed_step_and_rank():
     assert np.all(no_mix[2] == 1.0)
 
 
+def test_many_cells_mix_as_the_dense_weighted_sum_and_two_as_mix_cells():
+    cells = [
+        (np.array([2, 5, 9]), np.array([1.0, 3.0, 7.0], dtype=np.float32)),
+        (np.array([1, 5, 11]), np.array([4.0, 2.0, 8.0], dtype=np.float32)),
+        (np.array([0, 9]), np.array([5.0, 1.0], dtype=np.float32)),
+    ]
+    weights = [0.5, 0.2, 0.3]
+    genes, values = mix_many(cells, weights)
+    dense = np.zeros(12)
+    for (g, v), w in zip(cells, weights, strict=True):
+        dense[g] += w * v
+    np.testing.assert_array_equal(genes, np.flatnonzero(dense))
+    np.testing.assert_allclose(values, dense[genes], rtol=1e-6)
+    # two cells: exactly the pair mix of the paper
+    for got, want in zip(mix_many(cells[:2], [0.3, 0.7]), mix_cells(*cells[0], *cells[1], 0.3),
+                         strict=True):  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+    assert mix_many(cells, [0.0, 1.0, 0.0])[0].tolist() == [1, 5, 11]  # zero weights drop genes
+
+
+def test_mixture_draws_and_targets():
+    cells, w = draw_mixtures(700, 8, 5, seed=1, step=3, rank=0)
+    again = draw_mixtures(700, 8, 5, seed=1, step=3, rank=0)
+    np.testing.assert_array_equal(cells, again[0])
+    np.testing.assert_array_equal(w, again[1])
+    assert cells.shape == w.shape == (8, 5) and cells.min() >= 0 and cells.max() < 700
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    assert not np.array_equal(cells, draw_mixtures(700, 8, 5, seed=1, step=3, rank=1)[0])
+    t = mixture_targets(torch.tensor([[0, 2, 0], [1, 1, 1]]), torch.tensor([[0.2, 0.3, 0.5],
+                        [0.1, 0.6, 0.3]]), 3)  # fmt: skip
+    torch.testing.assert_close(t, torch.tensor([[0.7, 0.0, 0.3], [0.0, 1.0, 0.0]]))
+
+
 def test_soft_cross_entropy_with_one_hot_targets_is_cross_entropy():
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3, 1, 0])
@@ -105,6 +141,9 @@ def test_config_defaults_and_bad_overrides():
         compose_pretrain(["cells=c", "scgpt=s", "train.los=mse"])
     with pytest.raises(PgoError, match=r"train.loss='l1' is not valid; valid: soft_ce, mse"):
         compose_pretrain(["cells=c", "scgpt=s", "train.loss=l1"])
+    assert cfg.mix.cells == 2  # the paper's pairs
+    with pytest.raises(PgoError, match=r"mix.cells=1 is not valid; valid: an integer >= 2"):
+        compose_pretrain(["cells=c", "scgpt=s", "mix.cells=1"])
     with pytest.raises(PgoError, match="a multiple of 2"):
         compose_pretrain(
             ["cells=c", "scgpt=s", "cluster=slurm_cpu", "cluster.nodes=2", "train.batch_size=7"]
@@ -164,11 +203,12 @@ def test_two_ranks_loss_decreases_and_a_resumed_run_ends_on_the_same_weights(dat
         (_tokens(data, f"train.steps={steps}"), str(full)),
         (_tokens(data, f"train.steps={steps}", "train.stop_after=7"), str(split)),
         (_tokens(data, f"train.steps={steps}"), str(split)),  # resumes from step 7 (saved at stop)
+        (_tokens(data, "train.steps=4", "mix.cells=4"), str(tmp_path / "many")),  # 4-cell mixes
     ]
     torch.multiprocessing.spawn(_worker, args=(2, find_free_port(), runs, str(tmp_path)), nprocs=2)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1  # every rank reports the all-reduced losses
-    uninterrupted, stopped, resumed = r0
+    uninterrupted, stopped, resumed, many = r0
     assert (stopped["step"], stopped["done"]) == (7, False)
     assert (resumed["step"], resumed["done"]) == (steps, True)
     losses = uninterrupted["losses"]
@@ -191,7 +231,9 @@ def test_two_ranks_loss_decreases_and_a_resumed_run_ends_on_the_same_weights(dat
     for key, value in mlp.state_dict().items():
         torch.testing.assert_close(value, a[f"mlp_a.{key}"])
     metrics = json.loads((full / "metrics.json").read_text())
-    assert metrics["mix"] is True and metrics["done"] is True
+    assert metrics["mix"] is True and metrics["done"] is True and metrics["mix_cells"] == 2
+    assert (many["step"], many["done"]) == (4, True) and all(np.isfinite(many["losses"]))
+    assert json.loads((tmp_path / "many" / "metrics.json").read_text())["mix_cells"] == 4
 
 
 def test_bad_checkpoint_folder_and_cells_of_another_vocab_fail_before_training(data, tmp_path):
