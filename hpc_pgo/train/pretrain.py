@@ -83,12 +83,7 @@ def mix_cells(
     mixed value is 0 (lam = 1 drops cell j's own genes) are left out, as a cell stores only
     expressed genes. lam = 1 gives cell i exactly.
     """
-    genes = np.union1d(genes_i, genes_j)
-    mixed = np.zeros(len(genes), dtype=np.float64)
-    mixed[np.searchsorted(genes, genes_i)] += lam * np.asarray(values_i, dtype=np.float64)
-    mixed[np.searchsorted(genes, genes_j)] += (1.0 - lam) * np.asarray(values_j, dtype=np.float64)
-    keep = mixed != 0
-    return genes[keep], mixed[keep].astype(np.float32)
+    return mix_many([(genes_i, values_i), (genes_j, values_j)], [lam, 1.0 - lam])
 
 
 def mix_targets(
@@ -131,8 +126,9 @@ def draw_mixtures(
 def mix_many(
     cells: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """sum_k weights[k] * x_k over the union of the cells' genes (absent = 0), as mix_cells for
-    more than two cells: (genes ascending, values float32), zero-valued genes left out."""
+    """sum_k weights[k] * x_k over the union of the cells' genes (absent = 0, accumulated in
+    float64 in the order given): (genes ascending, values float32), zero-valued genes left out.
+    mix_cells is its two-cell case."""
     genes = np.unique(np.concatenate([g for g, _ in cells]))
     mixed = np.zeros(len(genes), dtype=np.float64)
     for (g, v), w in zip(cells, weights, strict=True):
