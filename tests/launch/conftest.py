@@ -7,6 +7,7 @@ that starts it: a missing cluster is a broken test set-up, never a reason to ski
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import time
@@ -194,9 +195,15 @@ def wait_until_requeued(job_id: str, deadline: float) -> None:
 
 
 def release_when_requeued(job_id: str, deadline: float) -> None:
-    """Wait until the job is requeued, then make it eligible now (Slurm holds a requeued job
-    for ~2 min otherwise)."""
+    """Wait until the job is requeued, then make it eligible (Slurm holds a requeued job for
+    ~2 min otherwise), but not within the second of the requeue: the requeue revoked the first
+    run's job credential, and slurmd refuses a credential made in the same whole second as a
+    revocation ("Killing non-startable batch JobId=...: Job credential revoked": the restart
+    fails at once). The revocation came before the requeue was seen, so the next second is
+    safe."""
     wait_until_requeued(job_id, deadline)
+    seen = time.time()
+    time.sleep(max(0.0, math.floor(seen) + 1.1 - time.time()))
     subprocess.run(
         ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
     )
