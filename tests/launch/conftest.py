@@ -196,11 +196,12 @@ def wait_until_requeued(job_id: str, deadline: float) -> None:
 
 def release_when_requeued(job_id: str, deadline: float) -> None:
     """Wait until the job is requeued, then make it eligible (Slurm holds a requeued job for
-    ~2 min otherwise), but not within the second of the requeue: the requeue revoked the first
-    run's job credential, and slurmd refuses a credential made in the same whole second as a
-    revocation ("Killing non-startable batch JobId=...: Job credential revoked": the restart
-    fails at once). The revocation came before the requeue was seen, so the next second is
-    safe."""
+    ~2 min otherwise), but not within the second of the requeue. Seen on the dev cluster: a
+    restart released in the same second as the requeue was refused at once (slurmctld "Killing
+    non-startable batch JobId=...: Job credential revoked", slurmd "Job ... already killed, do
+    not launch batch job"); the requeue revokes the first run's credential, and Slurm keeps
+    those times in whole seconds. The revocation came before the requeue was seen, so a release
+    in the next second comes after it."""
     wait_until_requeued(job_id, deadline)
     seen = time.time()
     time.sleep(max(0.0, math.floor(seen) + 1.1 - time.time()))
