@@ -26,10 +26,10 @@ import numpy as np
 
 from hpc_pgo.data.members import json_bytes, load_npy, npy_bytes, sha256_file
 from hpc_pgo.data.shards import (
-    SHARD_GLOB,
     VerifyReport,
     digest_problem,
     iter_samples,
+    listed_shards,
     read_manifest,
 )
 from hpc_pgo.errors import PgoError
@@ -148,15 +148,7 @@ def verify_cells(directory: str | os.PathLike, *, decode: bool = True) -> Verify
         report.problems.append(f"manifest.json: {problem}")
     n_classes = len(manifest["classes"])
     per_class: Counter[int] = Counter()
-    listed = {s["name"] for s in manifest["shards"]}
-    for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
-        report.problems.append(f"shard {extra}: present but not in the manifest")
-    for entry in manifest["shards"]:
-        path = directory / entry["name"]
-        report.shards += 1
-        if not path.is_file():
-            report.problems.append(f"shard {entry['name']}: missing")
-            continue
+    for entry, path in listed_shards(directory, manifest, report):
         report.bytes += path.stat().st_size
         if sha256_file(path) != entry["sha256"]:
             report.problems.append(f"shard {entry['name']}: sha256 differs from the manifest")

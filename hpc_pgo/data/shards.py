@@ -343,6 +343,25 @@ class _SampleChecker:
 _MANIFEST_SHAPE = {"groups": dict, "patients": dict, "counts": dict, "shards": list, "splits": dict}
 
 
+def listed_shards(
+    directory: Path, manifest: Mapping[str, Any], report: VerifyReport
+) -> Iterator[tuple[dict[str, Any], Path]]:
+    """(entry, path) of each shard the manifest lists and the directory holds, in manifest order.
+
+    Each listed shard counts in report.shards; a shard file the manifest does not list and a
+    listed one that is missing become report problems (the verifiers of both shard kinds)."""
+    listed = {s["name"] for s in manifest["shards"]}
+    for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
+        report.problems.append(f"shard {extra}: present but not in the manifest")
+    for entry in manifest["shards"]:
+        path = directory / entry["name"]
+        report.shards += 1
+        if not path.is_file():
+            report.problems.append(f"shard {entry['name']}: missing")
+            continue
+        yield entry, path
+
+
 def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
     """Check every shard against the manifest: presence, bytes, sha256, sample counts, and
     (with `decode`) that every sample decodes and agrees with the manifest; then the manifest
@@ -364,17 +383,9 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
         return report
     checker = _SampleChecker(manifest)
     table = _patient_table(directory, manifest, report)
-    listed = {s["name"] for s in manifest["shards"]}
-    for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
-        report.problems.append(f"shard {extra}: present but not in the manifest")
     units: Counter[str] = Counter()
     seen: set[str] = set()
-    for entry in manifest["shards"]:
-        path = directory / entry["name"]
-        report.shards += 1
-        if not path.is_file():
-            report.problems.append(f"shard {entry['name']}: missing")
-            continue
+    for entry, path in listed_shards(directory, manifest, report):
         before = path.stat()
         size = before.st_size
         report.bytes += size
