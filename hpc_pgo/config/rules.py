@@ -44,7 +44,7 @@ NULLABLE = frozenset(
         "cluster.constraint", "cluster.mem_gb", "deepspeed.train_micro_batch_size_per_gpu",
         "model.name", "model.genomic.mlp_a_weights", "model.image.out", "balance.mode",
         "model.genomic.rna_snn.hidden", "model.genomic.rna_snn.dropout",
-        "train.steps_per_checkpoint", "train.stop_after_steps", "train.stop_after_minutes",
+        "train.steps_per_checkpoint", "train.stop_after_steps", "train.stop_after_minutes", "seeds", "inner.fold",
     }
 )  # fmt: skip
 
@@ -66,6 +66,8 @@ MODALITIES = registry.MODALITIES.names()
 # Numeric keys and their lower bound; (bound, True) is strict (> bound), (bound, False) is >=.
 LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "seed": (0, False),
+    "inner.folds": (2, False),
+    "inner.seed": (0, False),
     "data.n_splits": (1, False),
     "data.image_size": (1, False),
     "train.epochs": (1, False),
@@ -418,6 +420,29 @@ def _derive_micro_batch(cfg: DictConfig) -> None:
     ds.train_micro_batch_size_per_gpu = micro
 
 
+def _check_seeds_and_inner(cfg: DictConfig) -> None:
+    """seeds: null or a non-empty list of distinct integers >= 0 (kept in the given order);
+    inner.fold: null or a part 0..inner.folds-1."""
+    seeds = OmegaConf.select(cfg, "seeds")
+    if seeds is not None:
+        values = list(seeds) if isinstance(seeds, ListConfig | list | tuple) else [seeds]
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if not values or bad or len(set(values)) != len(values):
+            raise PgoError(
+                f"seeds={_flow(seeds)} is not valid; valid: null or a list of distinct integers "
+                ">= 0, e.g. seeds=[0,1,2]"
+            )
+        cfg.seeds = values
+    inner = OmegaConf.select(cfg, "inner.fold")
+    if inner is not None and (
+        isinstance(inner, bool) or not isinstance(inner, int) or not 0 <= inner < cfg.inner.folds
+    ):
+        raise PgoError(
+            f"inner.fold={inner!r} is not valid; valid: null or a part 0..{cfg.inner.folds - 1} "
+            f"of inner.folds={cfg.inner.folds}"
+        )
+
+
 def _parse_config_folds(cfg: DictConfig) -> None:
     """folds: the selection as a sorted list of ints, checked against data.n_splits."""
     cfg.folds = parse_folds(cfg.folds, cfg.data.n_splits)
@@ -440,6 +465,7 @@ _STEPS: tuple[Callable[[DictConfig], None], ...] = (
     _derive_wait,
     _derive_parallel,
     _derive_micro_batch,
+    _check_seeds_and_inner,
     _parse_config_folds,
 )
 # What every launched config (a fold's, MLP-A pretraining's) shares: its value checks, its

@@ -19,7 +19,7 @@ CONFIG_FILE = "config.yaml"
 # Keys that say where, how and which folds run, not what a fold computes: two configs that
 # differ only here train the same models, so a run may be resumed or extended across them.
 EXECUTION_KEYS = (
-    "name", "run_dir", "folds", "force", "wait", "cluster", "groups.cluster",
+    "name", "run_dir", "folds", "seeds", "force", "wait", "cluster", "groups.cluster",
     "train.num_workers", "train.checkpoint_every", "train.steps_per_checkpoint",
     "train.stop_after_steps", "train.stop_after_minutes",
 )  # fmt: skip

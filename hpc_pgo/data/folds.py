@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpc_pgo.data.inner import InnerFold, inner_parts
 from hpc_pgo.data.shards import MANIFEST, SCHEMA_VERSION, read_manifest
 from hpc_pgo.errors import PgoError
 
@@ -86,6 +87,10 @@ def open_fold(shard_dir: Path | str, fold: int, holdout: Iterable[str] = ()) -> 
     """Read manifest.json and select fold `fold` (0-based) of its splits. A manifest edited
     since it was written (its manifest_sha256 differs) or without a digest is refused.
 
+    fold: an int, or an InnerFold (hpc_pgo.data.inner): then `test` is its part of the outer
+    fold's train patients (hpc_pgo.data.inner.inner_parts) and `train` the other parts; the
+    outer fold's test patients are in neither.
+
     holdout: train patients of the fold held out for validation: they become `val` and leave
     `train` (a patient that is not a train patient of the fold is refused). Empty: val is ().
     """
@@ -113,6 +118,13 @@ def open_fold(shard_dir: Path | str, fold: int, holdout: Iterable[str] = ()) -> 
             f"{shard_dir / MANIFEST}: fold {fold} has patient {sorted(both)[0]!r} in "
             f"both train and test ({len(both)} such); the splits must be disjoint"
         )
+    if isinstance(fold, InnerFold):  # an inner training: part `fold.part` of the train patients
+        events = {p: known[p].get("event") for p in train if p in known}
+        parts = inner_parts(
+            train, {p: e for p, e in events.items() if e is not None}, fold.parts,
+            seed=fold.seed, fold=int(fold),
+        )  # fmt: skip
+        train, test = tuple(sorted(set(train) - set(parts[fold.part]))), parts[fold.part]
     held = set(holdout)
     stray = sorted(held - set(train))
     if stray:

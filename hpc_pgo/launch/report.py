@@ -47,6 +47,8 @@ from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, config_digest, load_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import ERROR, METRICS, MODULATION, PREDICTIONS, fold_dir
+from hpc_pgo.launch.replicates import SEED_DIR, paired_seed_noise, read_seeds, seed_summary
+from hpc_pgo.launch.selection import SELECTION_FILE, write_selection
 from hpc_pgo.survival import fold_cindex, patient_hazards, read_predictions, summarize_cindex
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ def expected_folds(run_dir: Path) -> list[int]:
     """The folds a run should have: config.yaml's folds, else the fold_<k> directories found."""
     if (run_dir / CONFIG_FILE).is_file():
         return [int(k) for k in load_config(run_dir).folds]
+    if (run_dir / SELECTION_FILE).is_file():  # a select entry's folds: its candidates'
+        return [int(k) for k in json.loads((run_dir / SELECTION_FILE).read_text())["folds"]]
     found = sorted(
         int(m.group(1)) for p in run_dir.glob("fold_*") if (m := _FOLD_DIR.fullmatch(p.name))
     )
@@ -185,7 +189,9 @@ def _branch_summary(
             }
         return out
     cfg = load_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
-    if cfg is not None and "coxph" in str(cfg.launch.fold_fn):
+    if cfg is None and (run_dir / SELECTION_FILE).is_file():
+        note = "a select entry: each fold's parts are those of the candidate it chose"
+    elif cfg is not None and "coxph" in str(cfg.launch.fold_fn):
         note = "a CoxPH reference has no branches"
     elif cfg is not None and len(cfg.model.modalities) == 1:
         note = f"one modality ({cfg.model.modalities[0]}): no branch parts"
@@ -298,6 +304,9 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
     from hpc_pgo.survival.km import HIGH_RISK, KM_RULE, plot_km, risk_groups  # loads matplotlib
 
     run_dir = check_run_path(run_dir)
+    seeds = read_seeds(run_dir)
+    if seeds is not None:
+        return write_seed_report(run_dir, seeds, title)
     summary, patients = summarize_run(run_dir)
     title = title or run_dir.name
     if patients:
@@ -328,6 +337,82 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
     return summary
 
 
+def write_seed_report(run_dir: Path, seeds: list[int], title: str | None = None) -> dict:
+    """A seeded configuration (seeds.json; hpc_pgo.launch.replicates): each seed_<s>/ gets its own
+    report, then run_dir/summary.{json,md} the seed-averaged one (replicates.seed_summary): per
+    fold the mean C-index over the seeds, the seed-ensembled hazard's C-index and the seed noise.
+    A fold counts when every seed finished it; one that failed in some seed is failed."""
+    title = title or run_dir.name
+    per_seed = {
+        s: write_report(run_dir / SEED_DIR.format(seed=s), title=f"{title} seed {s}")
+        for s in seeds
+    }
+    expected = sorted({int(k) for summary in per_seed.values()
+                       for k in [*summary["c_index"]["per_fold"], *summary["failed_folds"],
+                                 *summary["missing_folds"]]})  # fmt: skip
+    failed: dict[int, str] = {}
+    missing: list[int] = []
+    ensemble: dict[int, float] = {}
+    for k in expected:
+        errors = [f"seed {s}: {per_seed[s]['failed_folds'][str(k)]}" for s in seeds
+                  if str(k) in per_seed[s]["failed_folds"]]  # fmt: skip
+        if errors:
+            failed[k] = "; ".join(errors)
+        elif any(str(k) not in per_seed[s]["c_index"]["per_fold"] for s in seeds):
+            missing.append(k)
+        else:
+            ensemble[k] = _ensemble_cindex(run_dir, seeds, k)
+    summary = seed_summary(seeds, per_seed, ensemble, failed, missing)
+    write_text(run_dir / SUMMARY_JSON, json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_text(run_dir / SUMMARY_MD, seed_markdown(summary, title))
+    return summary
+
+
+def _ensemble_cindex(run_dir: Path, seeds: list[int], fold: int) -> float:
+    """C-index of fold `fold` with each test patient's hazard averaged over the seeds' models."""
+    tables = [
+        patient_hazards(read_predictions(fold_dir(run_dir / SEED_DIR.format(seed=s), fold)
+                                         / PREDICTIONS), where=f"seed {s} fold {fold}")
+        for s in seeds
+    ]  # fmt: skip
+    joined = pd.concat(tables).groupby("patient", sort=True).agg(
+        hazard=("hazard", "mean"), time=("time", "first"), event=("event", "first")
+    ).reset_index()
+    return fold_cindex(joined.assign(unit=joined["patient"]), where=f"seed ensemble fold {fold}")
+
+
+def seed_markdown(summary: Mapping, title: str) -> str:
+    """summary.md of a seeded configuration: per fold each seed's C-index and their mean, then
+    the seed-averaged mean ± ci95, the ensemble's, and the noise floor."""
+    seeds = summary["seeds"]["seeds"]
+    per = summary["seeds"]["per_fold_per_seed"]
+    c = summary["c_index"]
+    head = ["fold", *(f"seed {s}" for s in seeds), "mean over seeds", "seed ensemble"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for k, value in c["per_fold"].items():
+        cells = [k, *(f"{per[str(s)][k]:.4f}" for s in seeds), f"{value:.4f}",
+                 f"{summary['ensemble']['per_fold'][k]:.4f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    noise = summary["seeds"]
+    e = summary["ensemble"]
+    lines += [
+        "",
+        f"C-index over {summary['n_folds']} fold(s), each the mean over {len(seeds)} seed(s): "
+        f"{_fmt(c['mean'])} ± {_fmt(c['ci95'])} (95% CI half-width, t with n-1 df); std "
+        f"{_fmt(c['std'])}",
+        f"Seed-ensembled hazard: {_fmt(e['mean'])} ± {_fmt(e['ci95'])}",
+        f"Seed noise: SD across seeds of the mean C-index {_fmt(noise['sd_of_mean'])}; per-fold "
+        f"seed SD {_fmt(noise['per_fold_seed_sd'])}; mean per seed: "
+        + ", ".join(f"{s}: {_fmt(v)}" for s, v in noise["mean_per_seed"].items()),
+    ]
+    for k, error in summary["failed_folds"].items():
+        lines.append(f"- fold {k} FAILED: {error}")
+    if summary["missing_folds"]:
+        shown = ", ".join(str(k) for k in summary["missing_folds"])
+        lines.append(f"- missing folds (not finished in every seed): {shown}")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_paired(sweep: Mapping, summaries: Mapping[str, Mapping]) -> dict[str, dict]:
     """Every entry against the sweep's reference, fold by fold (hpc_pgo.survival.paired); {} when
     the sweep names none. Entries sharing no finished fold with the reference get {"note"}."""
@@ -350,6 +435,13 @@ def sweep_paired(sweep: Mapping, summaries: Mapping[str, Mapping]) -> dict[str, 
             {int(k): v for k, v in folds.items()}, {int(k): v for k, v in ref_folds.items()}
         )
         out[name] = {k: _finite_or_none(v) for k, v in result.items()}
+        if summaries[name].get("seeds") and summaries[reference].get("seeds"):
+            noise = paired_seed_noise(summaries[name], summaries[reference], result["folds"])
+            out[name]["seed_sd"] = noise["seed_sd"]
+            out[name]["per_seed_mean"] = noise["deltas"]
+            out[name]["below_seed_noise"] = (
+                None if noise["seed_sd"] is None else abs(result["mean"]) < noise["seed_sd"]
+            )
     return out
 
 
@@ -361,15 +453,20 @@ def _paired_cells(paired: Mapping | None) -> list[str]:
         return [paired["note"], "", ""]
     low = None if paired["ci95"] is None else paired["mean"] - paired["ci95"]
     high = None if paired["ci95"] is None else paired["mean"] + paired["ci95"]
+    noise = " (< seed SD {:.3f}: noise)".format(paired["seed_sd"]) if paired.get(
+        "below_seed_noise") else ""
     return [
-        f"{paired['mean']:+.3f} [{_fmt(low)}, {_fmt(high)}]",
+        f"{paired['mean']:+.3f} [{_fmt(low)}, {_fmt(high)}]{noise}",
         f"{paired['wins']}/{paired['n']}",
         f"{paired['wilcoxon_p']:.3g}",
     ]
 
 
 def sweep_table(
-    sweep: Mapping, summaries: Mapping[str, Mapping], paired: Mapping[str, Mapping] | None = None
+    sweep: Mapping,
+    summaries: Mapping[str, Mapping],
+    paired: Mapping[str, Mapping] | None = None,
+    selections: Mapping[str, Mapping] | None = None,
 ) -> str:
     """The sweep side by side, as the paper's table: one row per configuration, its labels, the
     C-index, each branch part's own C-index, and (with a reference) the paired comparison."""
@@ -378,6 +475,9 @@ def sweep_table(
     head = ["run", *columns, "C-index (mean ± ci95)", "genomic part", "image part", "std",
             "folds", "failed"]  # fmt: skip
     reference = sweep.get("reference")
+    seeded = any(summaries[run["name"]].get("seeds") for run in sweep["runs"])
+    if seeded:
+        head += ["seed SD (row / per fold)", "seed ensemble"]
     if reference:
         head += [f"Δ vs {reference} [95% CI]", "wins", "Wilcoxon p"]
     lines = [f"# {sweep['title']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -393,6 +493,13 @@ def sweep_table(
         labels = [str(run["labels"].get(col, "")) for col in columns]
         cells = [run["name"], *labels, f"{_fmt(c['mean'])} ± {_fmt(c['ci95'])}", *parts,
                  _fmt(c["std"]), str(s["n_folds"]), str(len(s["failed_folds"]))]  # fmt: skip
+        if seeded:
+            noise, e = s.get("seeds") or {}, s.get("ensemble") or {}
+            cells += [
+                f"{_fmt(noise.get('sd_of_mean'))} / {_fmt(noise.get('per_fold_seed_sd'))}"
+                if noise else "n/a",
+                f"{_fmt(e.get('mean'))} ± {_fmt(e.get('ci95'))}" if e else "n/a",
+            ]
         if reference:
             cells += _paired_cells(paired.get(run["name"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -416,6 +523,23 @@ def sweep_table(
     }
     for name, note in notes.items():
         lines.append(f"- {name}: branch parts n/a ({note})")
+    if seeded:
+        seeds = next(summaries[r["name"]]["seeds"]["seeds"] for r in sweep["runs"]
+                     if summaries[r["name"]].get("seeds"))  # fmt: skip
+        lines.append(
+            f"- seeds {', '.join(map(str, seeds))}: each fold's C-index is the mean over the "
+            "seeds, and Δ pairs those means; seed SD: across seeds of the row's mean C-index / "
+            "per fold; a Δ marked noise is smaller than the SD across seeds of the per-seed Δ"
+        )
+    for name, selection in (selections or {}).items():
+        counts = ", ".join(f"{c} {n}" for c, n in selection["counts"].items())
+        lines.append(
+            f"- {name}: chosen per outer fold by {selection['inner_folds']}-fold inner CV on its "
+            f"train patients (times chosen: {counts})"
+        )
+        for seed, chosen in selection["choices"].items():
+            shown = ", ".join(f"{k}: {c}" for k, c in sorted(chosen.items(), key=lambda i: int(i[0])))
+            lines.append(f"  - {'' if seed == '-' else f'seed {seed}: '}{shown}")
     return "\n".join(lines) + "\n"
 
 
@@ -424,16 +548,21 @@ def write_sweep_report(run_dir: str | os.PathLike) -> dict:
     ({"sweep", "reference", "runs": {name: summary}, "paired": {name: paired difference}})."""
     run_dir = Path(run_dir).resolve()
     sweep = json.loads((run_dir / SWEEP_FILE).read_text(encoding="utf-8"))
+    selections = {
+        run["name"]: write_selection(run_dir, run, sweep) for run in sweep["runs"]
+        if run.get("select")
+    }  # fmt: skip
     summaries = {
         run["name"]: write_report(run_dir / run["name"], title=run["name"]) for run in sweep["runs"]
     }
     paired = sweep_paired(sweep, summaries)
-    write_text(run_dir / SWEEP_MD, sweep_table(sweep, summaries, paired))
+    write_text(run_dir / SWEEP_MD, sweep_table(sweep, summaries, paired, selections))
     result = {
         "sweep": sweep["name"],
         "reference": sweep.get("reference"),
         "runs": summaries,
         "paired": paired,
+        "selection": selections,
     }
     write_text(run_dir / SWEEP_JSON, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result

@@ -35,6 +35,7 @@ from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
 from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array, slurm_alive
 from hpc_pgo.launch.locks import RunDirLock, claim_submitted, describe, fold_holder
+from hpc_pgo.launch.replicates import SEEDS_FILE, expand
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
 from hpc_pgo.launch.rundir import SUBMITIT_DIR, RunDirChanges, check_run_dir, prepare_run_dir
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
@@ -130,18 +131,36 @@ def _finish_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def compose_runs(
     args: Sequence[str], config_dir: str | Path | None = None, now: datetime | None = None
 ) -> tuple[DictConfig, Path, list[tuple[str | None, Path, DictConfig]], dict | None]:
-    """(top config, top run dir, [(name, run dir, config)], sweep as dict or None)."""
+    """(top config, top run dir, [(name, run dir, config)], sweep as dict or None).
+
+    The runs are every sub-run that trains (hpc_pgo.launch.replicates.expand): one per
+    configuration, or per configuration x seed with seeds=[...], plus the inner trainings of the
+    candidates of a sweep's select entries."""
     top = compose(args, config_dir=config_dir)
     run_dir = resolve_run_dir(top, now=now)
     _finish_config(top, run_dir)
     if top.sweep is None:
-        return top, run_dir, [(None, run_dir, top)], None
+        return top, run_dir, expand(None, run_dir, top, inner=False), None
     sweep = load_sweep(str(top.sweep), config_dir)
+    candidates = {name for run in sweep.runs for name in run.select}
     runs = [
-        (run.name, run_dir / run.name, _finish_config(cfg, run_dir / run.name))
+        sub
         for run, cfg in compose_sweep(sweep, args, config_dir)
-    ]
-    return top, run_dir, runs, sweep.as_dict()
+        for sub in expand(
+            run.name, run_dir / run.name, _finish_config(cfg, run_dir / run.name),
+            inner=run.name in candidates,
+        )
+    ]  # fmt: skip
+    for name, _, cfg in runs:
+        if OmegaConf.select(cfg, "seeds") != OmegaConf.select(top, "seeds"):
+            raise PgoError(
+                f"sweep={sweep.name}, run {name}: sets seeds; valid: seeds=[...] on the command "
+                "line, the same for every entry (the entries are compared seed by seed)"
+            )
+    record = sweep.as_dict()
+    if candidates:
+        record["inner"] = {"folds": int(top.inner.folds), "seed": int(top.inner.seed)}
+    return top, run_dir, runs, record
 
 
 def busy_folds(runs: Sequence[tuple[str | None, Path, DictConfig]]) -> list[str]:
@@ -165,7 +184,7 @@ def submit(
         resolve_fold_fn(cfg.launch.fold_fn)
         check_shards(cfg)
         check_run_dir(cfg, sub_dir)
-    if sweep is not None:
+    if sweep is not None or top.seeds is not None:
         check_run_dir(top, run_dir)
     n_tasks_max = sum(len(cfg.folds) for _, _, cfg in runs)
     local = top.cluster.kind == "local"
@@ -223,11 +242,19 @@ def _write_and_submit(
     launcher: ProcessId | None,
 ) -> Submission:
     """Write the run directories (recorded in changes) and submit the array."""
-    if sweep is not None:
+    if sweep is not None or top.seeds is not None:
         changes.write(run_dir / CONFIG_FILE, lambda: save_config(top, run_dir))
+    if sweep is not None:
         changes.write(
             run_dir / SWEEP_FILE,
             lambda: write_text(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n"),
+        )
+    for config_dir in _seeded_dirs(top, run_dir, sweep):
+        record = json.dumps({"seeds": list(top.seeds)}) + "\n"
+        changes.mkdir(config_dir)
+        changes.write(
+            config_dir / SEEDS_FILE,
+            lambda d=config_dir, r=record: write_text(d / SEEDS_FILE, r),
         )
     changes.watch(run_dir / SUBMITIT_DIR)
     tasks, skipped = [], []
@@ -242,6 +269,16 @@ def _write_and_submit(
             claim_submitted(fold_dir(array.tasks[i].run_dir, array.tasks[i].fold), job.job_id)
     log.info("run %s: %d fold task(s) submitted, %d skipped", run_dir, len(tasks), len(skipped))
     return Submission(run_dir=run_dir, runs=runs, array=array, skipped=skipped, wait=bool(top.wait))
+
+
+def _seeded_dirs(top: DictConfig, run_dir: Path, sweep: dict | None) -> list[Path]:
+    """The configuration directories that hold seed_<s>/ sub-runs (each gets seeds.json): the
+    run itself, or every sweep entry (a select entry too: its report is per seed as well)."""
+    if top.seeds is None:
+        return []
+    if sweep is None:
+        return [run_dir]
+    return [run_dir / entry["name"] for entry in sweep["runs"]]
 
 
 def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]) -> None:

@@ -15,6 +15,18 @@ the splits): hpc_pgo.survival.paired.paired_difference over the folds both finis
 
 A configuration is composed from the command line's tokens followed by its overrides (so the
 sweep wins for the keys it sets; group choices such as model=kronecker are tokens too).
+
+Nested selection: an entry with `select: [name, ...]` (other entries of the sweep, its
+candidates) trains nothing of its own. Each candidate is also trained by inner K-fold CV on
+every outer fold's train patients (inner.folds, inner.seed; hpc_pgo.data.inner), and the report
+gives the entry, per outer fold, the predictions of the candidate with the best mean inner
+C-index, refit on all the fold's train patients: that candidate's own fold
+(hpc_pgo.launch.selection).
+
+    runs:
+      - {name: rna-snn, overrides: [model.genomic.rna_encoder=snn]}
+      - {name: rna-none, overrides: [model.genomic.rna_encoder=none]}
+      - {name: selected, labels: {RNA: inner CV}, select: [rna-snn, rna-none]}
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ class SweepRun:
     name: str
     labels: dict
     overrides: tuple[str, ...]
+    select: tuple[str, ...] = ()  # candidates (entry names) of a nested-selection entry
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,8 @@ class Sweep:
             "columns": list(self.columns),
             "reference": self.reference,
             "runs": [
-                {"name": r.name, "labels": r.labels, "overrides": list(r.overrides)}
+                {"name": r.name, "labels": r.labels, "overrides": list(r.overrides),
+                 **({"select": list(r.select)} if r.select else {})}
                 for r in self.runs
             ],
         }
@@ -96,14 +110,31 @@ def load_sweep(name: str, config_dir: str | Path | None = None) -> Sweep:
                 f"{path}: runs[{i}] repeats the name {run.name!r}; valid: distinct names"
             )
         seen.add(run.name)
-        overrides = run.get("overrides", [])
+        overrides = run.get("overrides", ListConfig([]))
         if not isinstance(overrides, ListConfig) or not all(isinstance(t, str) for t in overrides):
             raise PgoError(
                 f"{path}: runs[{i}] ({run.name}): overrides must be a list of key=value texts"
             )
         labels = run.get("labels")
         labels = OmegaConf.to_container(labels) if isinstance(labels, DictConfig) else {}
-        parsed.append(SweepRun(name=str(run.name), labels=labels, overrides=tuple(overrides)))
+        select = run.get("select", ListConfig([]))
+        if not isinstance(select, ListConfig) or not all(isinstance(t, str) for t in select):
+            raise PgoError(f"{path}: runs[{i}] ({run.name}): select must be a list of entry names")
+        if select and overrides:
+            raise PgoError(
+                f"{path}: runs[{i}] ({run.name}) has both select and overrides; valid: a select "
+                "entry trains nothing of its own (its candidates carry the overrides)"
+            )
+        parsed.append(SweepRun(name=str(run.name), labels=labels, overrides=tuple(overrides),
+                               select=tuple(str(t) for t in select)))  # fmt: skip
+    trained = {r.name for r in parsed if not r.select}
+    for r in parsed:
+        wrong = [c for c in r.select if c not in trained]
+        if wrong or (r.select and len(set(r.select)) != len(r.select)):
+            raise PgoError(
+                f"{path}: entry {r.name!r} selects {wrong[0] if wrong else 'a name twice'!r}; "
+                f"valid: distinct names of entries that train ({', '.join(sorted(trained))})"
+            )
     reference = tree.get("reference")
     if reference is not None and str(reference) not in seen:
         raise PgoError(
@@ -122,9 +153,12 @@ def load_sweep(name: str, config_dir: str | Path | None = None) -> Sweep:
 def compose_sweep(
     sweep: Sweep, args: Sequence[str], config_dir: str | Path | None = None
 ) -> list[tuple[SweepRun, DictConfig]]:
-    """The composed config of each sweep configuration: compose(args + run.overrides)."""
+    """The composed config of each sweep configuration that trains: compose(args + overrides)
+    (select entries train nothing and are left out)."""
     out = []
     for run in sweep.runs:
+        if run.select:  # trains nothing of its own: hpc_pgo.launch.selection at report time
+            continue
         try:
             out.append((run, compose([*args, *run.overrides], config_dir=config_dir)))
         except PgoError as err:

@@ -174,6 +174,7 @@ def coxph_fold(cfg: DictConfig, fold: int, run_dir: str | os.PathLike) -> dict:
     seconds on one core); other ranks return at once. A fold complete under the same config
     returns its metrics without refitting, unless cfg.force.
     """
+    from hpc_pgo.data.inner import fold_of
     from hpc_pgo.fold_outputs import (
         DIGEST_KEY,
         ERROR,
@@ -185,6 +186,7 @@ def coxph_fold(cfg: DictConfig, fold: int, run_dir: str | os.PathLike) -> dict:
     )
     from hpc_pgo.survival import fold_cindex, validate_predictions
 
+    fold = fold_of(cfg, fold)  # an inner training of nested selection opens its inner split
     out = fold_dir(Path(run_dir), fold)
     if os.environ.get("RANK", "0") != "0":
         return {"fold": fold, "status": "complete"}

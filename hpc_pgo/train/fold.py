@@ -70,6 +70,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import EXECUTION_KEYS, config_digest, save_config
+from hpc_pgo.data.inner import fold_of
 from hpc_pgo.engine.distributed import DistEnv, any_rank
 from hpc_pgo.engine.global_batch import micro_batch
 from hpc_pgo.errors import PgoError
@@ -207,6 +208,7 @@ def train_fold(cfg: DictConfig, fold: int, run_dir: Path) -> dict:
     from hpc_pgo.engine import setup_distributed, teardown_distributed
 
     started = time.monotonic()
+    fold = fold_of(cfg, fold)  # an inner training of nested selection opens its inner split
     out = fold_dir(Path(run_dir), fold)
     # RANK is set for every rank of a multi-rank fold; rank 0 alone writes error.txt
     is_main = os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,164 @@
+"""Seed repeats and nested (inner-CV) selection as ONE array: layout, no test patient in any
+inner split, the choice as an independent computation makes it, seed averages and seed noise,
+and exact-once resubmission (real submitit local executor, real folds on the demo shards)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines.utils import concordance_index
+
+from hpc_pgo.config import compose, load_config
+from hpc_pgo.data.folds import open_fold
+from hpc_pgo.data.inner import InnerFold, inner_parts
+from hpc_pgo.errors import PgoError
+from hpc_pgo.launch.report import report
+from hpc_pgo.launch.selection import choose
+from hpc_pgo.launch.submission import submit, wait
+from tests.launch.conftest import REPO_ROOT, tiny_args
+
+SWEEP = (
+    "title: nested\n"
+    "reference: snn\n"
+    "runs:\n"
+    "  - {name: snn, overrides: []}\n"
+    "  - {name: cox, overrides: [launch.fold_fn=hpc_pgo.train.coxph.coxph_fold,"
+    " 'coxph.groups=[cnv,mut]', coxph.pcs=8]}\n"
+    "  - {name: chosen, labels: {}, select: [snn, cox]}\n"
+)
+
+
+def _c(pred: pd.DataFrame) -> float:
+    """Harrell's C of a prediction table by lifelines, patients' mean hazard (higher = riskier)."""
+    p = pred.groupby("patient").agg(hazard=("hazard", "mean"), time=("time", "first"),
+                                    event=("event", "first"))  # fmt: skip
+    return concordance_index(p["time"], -p["hazard"], p["event"])
+
+
+def test_inner_parts_partition_the_train_patients_stratified_and_seeded(demo_shards: Path):
+    data = open_fold(demo_shards, 4)
+    events = {p: r["event"] for p, r in data.manifest["patients"].items()}
+    parts = inner_parts(data.train, events, 3, seed=0, fold=4)
+    flat = [p for part in parts for p in part]
+    assert sorted(flat) == sorted(data.train) and len(flat) == len(set(flat))
+    deaths = [sum(events[p] for p in part) for part in parts]
+    assert max(deaths) - min(deaths) <= 1 and min(deaths) > 0
+    assert parts == inner_parts(data.train, events, 3, seed=0, fold=4)
+    assert parts != inner_parts(data.train, events, 3, seed=1, fold=4)
+    for j in range(3):  # the inner split a training opens: outer test patients on neither side
+        inner = open_fold(demo_shards, InnerFold(4, 3, j))
+        assert inner.test == parts[j] and not set(inner.test) & set(data.test)
+        assert set(inner.train) == set(data.train) - set(parts[j])
+        assert int(inner.fold) == 4 and str(inner.fold) == "4"
+    with pytest.raises(PgoError, match="inner part .* a smaller inner.folds"):
+        inner_parts(data.train, events, len(data.train), seed=0, fold=4)
+
+
+def test_choose_takes_the_best_mean_and_the_first_on_a_tie():
+    assert choose({"a": [0.6, 0.7], "b": [0.7, 0.7]}) == "b"
+    assert choose({"a": [0.7, 0.7], "b": [0.7, 0.7]}) == "a"
+    assert choose({"a": [float("nan"), 0.9], "b": [0.5, 0.5]}) == "b"
+
+
+def test_seed_and_inner_keys_are_checked(demo_shards: Path):
+    base = [f"data.shards={demo_shards}", "model=genomic"]
+    with pytest.raises(PgoError, match="seeds=.* distinct integers"):
+        compose([*base, "seeds=[0,0]"])
+    with pytest.raises(PgoError, match="inner.fold=3 is not valid"):
+        compose([*base, "inner.folds=3", "inner.fold=3"])
+    cfg = compose([*base, "seeds=[2,0]"])
+    assert list(cfg.seeds) == [2, 0]
+
+
+def test_a_select_entry_must_name_entries_that_train(tmp_path: Path, demo_shards: Path):
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", configs)
+    (configs / "sweep" / "bad.yaml").write_text(
+        "runs:\n  - {name: a, overrides: []}\n  - {name: s, select: [a, nope]}\n"
+    )
+    with pytest.raises(PgoError, match="selects 'nope'"):
+        submit(tiny_args(demo_shards, tmp_path / "r", "sweep=bad"), config_dir=configs)
+    assert not (tmp_path / "r").exists()
+
+
+def test_seeds_and_nested_selection_run_as_one_array_and_resume_exactly(
+    demo_shards: Path, tmp_path: Path
+):
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", configs)
+    (configs / "sweep" / "nested.yaml").write_text(SWEEP)
+    run_dir = tmp_path / "run"
+    args = tiny_args(
+        demo_shards, run_dir, "sweep=nested", "folds=1", "train.epochs=1", "seeds=[0,1]",
+        "inner.folds=3", "cluster.folds_per_process=4",
+    )  # fmt: skip
+
+    sub = submit(args, config_dir=configs)
+    # 2 candidates x 2 seeds x (1 refit + 3 inner trainings) of fold 1, one submission
+    assert len(sub.array.tasks) == 16
+    assert wait(sub, progress=False, poll_s=0.2, timeout_s=600) == {"done": 16, "failed": 0}
+    text = report(run_dir)
+
+    outer = open_fold(demo_shards, 1)
+    events = {p: r["event"] for p, r in outer.manifest["patients"].items()}
+    parts = inner_parts(outer.train, events, 3, seed=0, fold=1)
+    result = json.loads((run_dir / "sweep_summary.json").read_text())
+    for seed in (0, 1):
+        inner_c = {}
+        for cand in ("snn", "cox"):
+            cand_dir = run_dir / cand / f"seed_{seed}"
+            assert load_config(cand_dir).seed == seed
+            scores = []
+            for j in range(3):
+                pred = pd.read_csv(cand_dir / f"inner_{j}" / "fold_1" / "predictions.csv")
+                seen = set(pred["patient"])
+                assert seen == set(parts[j])  # scored on its part only
+                assert not seen & set(outer.test)  # no outer test patient in any inner split
+                scores.append(_c(pred))
+            inner_c[cand] = float(np.mean(scores))
+        want = max(("snn", "cox"), key=lambda c: (inner_c[c], c == "snn"))
+        metrics = json.loads((run_dir / "chosen" / f"seed_{seed}" / "fold_1" / "metrics.json")
+                             .read_text())  # fmt: skip
+        assert metrics["selected"] == want
+        assert metrics["inner_cindex"] == pytest.approx(inner_c)
+        chosen = (run_dir / "chosen" / f"seed_{seed}" / "fold_1" / "predictions.csv").read_bytes()
+        refit = run_dir / want / f"seed_{seed}" / "fold_1" / "predictions.csv"
+        assert chosen == refit.read_bytes()
+        assert result["selection"]["chosen"]["choices"][str(seed)] == {"1": want}
+
+    # seed averages and the seed noise of the paired difference, recomputed here
+    per_seed = {
+        (cand, s): json.loads((run_dir / cand / f"seed_{s}" / "fold_1" / "metrics.json")
+                              .read_text())["cindex"]
+        for cand in ("snn", "cox") for s in (0, 1)
+    }  # fmt: skip
+    snn = result["runs"]["snn"]
+    assert snn["c_index"]["per_fold"]["1"] == pytest.approx(
+        (per_seed["snn", 0] + per_seed["snn", 1]) / 2
+    )
+    assert per_seed["snn", 0] != per_seed["snn", 1]  # the seeds train different models
+    deltas = [per_seed["cox", s] - per_seed["snn", s] for s in (0, 1)]
+    paired = result["paired"]["cox"]
+    assert paired["mean"] == pytest.approx(np.mean(deltas))
+    assert paired["seed_sd"] == pytest.approx(np.std(deltas, ddof=1))
+    assert paired["below_seed_noise"] == (abs(np.mean(deltas)) < np.std(deltas, ddof=1))
+    assert "seed SD (row / per fold)" in text and "chosen per outer fold" in text
+
+    # exact-once: the same command trains nothing; an inner training whose outputs are lost
+    # (a task killed before it finished) is the only one trained again, to the same bytes
+    again = submit(args, config_dir=configs)
+    assert len(again.array.tasks) == 0
+    wait(again, progress=False, poll_s=0.2, timeout_s=60)
+    lost = run_dir / "snn" / "seed_1" / "inner_2" / "fold_1"
+    before = (lost / "predictions.csv").read_bytes()
+    (lost / "metrics.json").unlink()
+    (lost / "predictions.csv").unlink()
+    third = submit(args, config_dir=configs)
+    assert [(Path(t.run_dir), t.fold) for t in third.array.tasks] == [(lost.parent, 1)]
+    assert wait(third, progress=False, poll_s=0.2, timeout_s=300) == {"done": 1, "failed": 0}
+    assert (lost / "predictions.csv").read_bytes() == before
