@@ -143,21 +143,30 @@ def compose_runs(
         return top, run_dir, expand(None, run_dir, top, inner=False), None
     sweep = load_sweep(str(top.sweep), config_dir)
     candidates = {name for run in sweep.runs for name in run.select}
+    composed = compose_sweep(sweep, args, config_dir)
     runs = [
         sub
-        for run, cfg in compose_sweep(sweep, args, config_dir)
+        for run, cfg in composed
         for sub in expand(
             run.name, run_dir / run.name, _finish_config(cfg, run_dir / run.name),
             inner=run.name in candidates,
         )
     ]  # fmt: skip
-    for name, _, cfg in runs:
-        if OmegaConf.select(cfg, "seeds") != OmegaConf.select(top, "seeds"):
-            raise PgoError(
-                f"sweep={sweep.name}, run {name}: sets seeds; valid: seeds=[...] on the command "
-                "line, the same for every entry (the entries are compared seed by seed)"
-            )
+    # seeds per entry (an entry's overrides may set its own, e.g. more seeds for the rows a
+    # table compares); a select entry has its candidates' seeds, which must agree
+    seeds = {run.name: _seed_list(cfg) for run, cfg in composed}
     record = sweep.as_dict()
+    for entry in record["runs"]:
+        if entry.get("select"):
+            found = {json.dumps(seeds[c]) for c in entry["select"]}
+            if len(found) > 1:
+                raise PgoError(
+                    f"sweep={sweep.name}, run {entry['name']}: its candidates have different "
+                    f"seeds ({', '.join(sorted(found))}); valid: the same seeds for every candidate"
+                )
+            entry["seeds"] = seeds[entry["select"][0]]
+        else:
+            entry["seeds"] = seeds[entry["name"]]
     if candidates:
         record["inner"] = {"folds": int(top.inner.folds), "seed": int(top.inner.seed)}
     return top, run_dir, runs, record
@@ -249,8 +258,8 @@ def _write_and_submit(
             run_dir / SWEEP_FILE,
             lambda: write_text(run_dir / SWEEP_FILE, json.dumps(sweep, indent=1) + "\n"),
         )
-    for config_dir in _seeded_dirs(top, run_dir, sweep):
-        record = json.dumps({"seeds": list(top.seeds)}) + "\n"
+    for config_dir, seeds in _seeded_dirs(top, run_dir, sweep):
+        record = json.dumps({"seeds": seeds}) + "\n"
         changes.mkdir(config_dir)
         changes.write(
             config_dir / SEEDS_FILE,
@@ -271,14 +280,18 @@ def _write_and_submit(
     return Submission(run_dir=run_dir, runs=runs, array=array, skipped=skipped, wait=bool(top.wait))
 
 
-def _seeded_dirs(top: DictConfig, run_dir: Path, sweep: dict | None) -> list[Path]:
-    """The configuration directories that hold seed_<s>/ sub-runs (each gets seeds.json): the
-    run itself, or every sweep entry (a select entry too: its report is per seed as well)."""
-    if top.seeds is None:
-        return []
+def _seed_list(cfg: DictConfig) -> list[int] | None:
+    seeds = OmegaConf.select(cfg, "seeds")
+    return None if seeds is None else [int(s) for s in seeds]
+
+
+def _seeded_dirs(top: DictConfig, run_dir: Path, sweep: dict | None) -> list[tuple[Path, list]]:
+    """(configuration directory, its seeds) of each one that holds seed_<s>/ sub-runs (each gets
+    seeds.json): the run itself, or each seeded sweep entry (a select entry too: its report is
+    per seed as well)."""
     if sweep is None:
-        return [run_dir]
-    return [run_dir / entry["name"] for entry in sweep["runs"]]
+        return [] if top.seeds is None else [(run_dir, _seed_list(top))]
+    return [(run_dir / e["name"], e["seeds"]) for e in sweep["runs"] if e.get("seeds")]
 
 
 def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]) -> None:

@@ -34,25 +34,36 @@ def test_make_demo_rows_differ_from_concat_only_in_what_they_compare(tmp_path: P
             f"run_dir={tmp_path / 'run'}", *makefile_tokens("DEMO_PRESET"),
             *makefile_tokens("DEMO_RUN")]  # fmt: skip
     _, _, runs, sweep = compose_runs(args, config_dir=REPO / "configs")
-    assert [name for name, _, _ in runs] == ["genomic", "image", "concat", "concat-rho", "coxph"]
+    seeded = [f"{row}/seed_{s}" for row in ("concat", "concat-rho") for s in (0, 1, 2)]
+    assert [name for name, _, _ in runs] == [
+        "genomic", "image", *seeded[:3], *seeded[3:], "coxph"
+    ]
     assert sweep["reference"] == "concat"
+    assert {e["name"]: e["seeds"] for e in sweep["runs"]} == {
+        "genomic": None, "image": None, "concat": [0, 1, 2], "concat-rho": [0, 1, 2],
+        "coxph": None,
+    }  # fmt: skip
     rows = {
         name: flat(OmegaConf.to_container(cfg, resolve=True))
         for name, _, cfg in runs
     }  # fmt: skip
-    reference = rows["concat"]
+    reference = rows["concat/seed_0"]
     assert reference["model.modalities"] == ["genomic", "image"]
     assert reference["balance.mode"] == "none"
     assert reference["train.epochs"] == 15 and reference["folds"] == list(range(15))
     assert reference["model.genomic.snn.dropout"] == 0.1
+    # seeds: an execution key (which seeds run), not in the folds' config digest
+    unseeded = {"seeds": None}
     expected = {
-        "genomic": {"model.modalities": ["genomic"]},
-        "image": {"model.modalities": ["image"]},
-        "concat": {},
-        "concat-rho": {"balance.mode": "rho"},
+        "genomic": {"model.modalities": ["genomic"], **unseeded},
+        "image": {"model.modalities": ["image"], **unseeded},
+        **{f"concat/seed_{s}": {"seed": s} if s else {} for s in (0, 1, 2)},
+        **{f"concat-rho/seed_{s}": {"balance.mode": "rho", **({"seed": s} if s else {})}
+           for s in (0, 1, 2)},
         # the CoxPH entry ignores balancing; the default mode is left as it is
-        "coxph": {"launch.fold_fn": "hpc_pgo.train.coxph.coxph_fold", "balance.mode": "rho"},
-    }
+        "coxph": {"launch.fold_fn": "hpc_pgo.train.coxph.coxph_fold", "balance.mode": "rho",
+                  **unseeded},
+    }  # fmt: skip
     for name, row in rows.items():
         changed = {
             key: row.get(key)
