@@ -401,10 +401,13 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
         try:
             for sample in iter_samples(path):
                 count += 1
-                order.append(
+                # the build's rule (patient ids may hold '__'); a key naming no patient of the
+                # manifest counts under its text up to the first '__' (reported below)
+                patient = (
                     patient_of_key(sample["__key__"], manifest["patients"])
                     or sample["__key__"].split("__", 1)[0]
                 )
+                order.append(patient)
                 if sample["__key__"] in seen:
                     report.problems.append(
                         f"shard {entry['name']} sample {sample['__key__']}: "
@@ -419,7 +422,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
                         report.problems.append(
                             f"shard {entry['name']} sample {sample['__key__']}: {problem}"
                         )
-                units[sample["__key__"].split("__", 1)[0]] += 1
+                units[patient] += 1
         except Exception as exc:  # a damaged tar: report where reading stopped
             report.problems.append(
                 f"shard {entry['name']}: unreadable after {count} samples "

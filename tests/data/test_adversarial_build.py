@@ -589,3 +589,26 @@ def test_an_image_file_that_does_not_decode_stays_an_error(tmp_path: Path, capsy
     out = tmp_path / "out"
     line = _fails(_build_args(cohort.spec_path, out), capsys, out)
     assert line.startswith(f"error: image {broken}: does not decode")
+
+
+# --------------------------------------------------------------------------- issue 21
+
+
+def test_patient_ids_with_double_underscores_build_and_verify(tmp_path: Path, capsys) -> None:
+    """Issue 21 #7: verify took a key's patient to be its text up to the first '__', so a set
+    freshly built from ids like 'TCGA__A0-1000' failed ('0 samples, manifest says 1'). Verify
+    now reads keys with the build's rule (shards.patient_of_key)."""
+    table = porpoise_table(n_patients=6, n_double=2)
+    table["case_id"] = table["case_id"].str.replace("-", "__", n=2)  # TCGA__A0__1000
+    table.to_csv(tmp_path / "kirc.csv", index=False)
+    out = tmp_path / "set"
+    args = ["build", *porpoise_flags(tmp_path / "kirc.csv"), "--splits", "kfold:3"]
+    code, _, err = _run([*args, "--out", str(out), "--workers", "1"], capsys)
+    assert code == 0, err
+    manifest = read_manifest(out)
+    assert all("__" in p for p in manifest["patients"]) and manifest["counts"]["patients"] == 6
+    code, stdout, err = _run(["verify", str(out)], capsys)
+    assert (code, err) == (0, ""), err
+    assert stdout.strip().endswith(": OK")
+    fold = open_fold(out, 0)
+    assert sorted([*fold.train, *fold.test]) == sorted(manifest["patients"])
