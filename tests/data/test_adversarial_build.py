@@ -612,3 +612,38 @@ def test_patient_ids_with_double_underscores_build_and_verify(tmp_path: Path, ca
     assert stdout.strip().endswith(": OK")
     fold = open_fold(out, 0)
     assert sorted([*fold.train, *fold.test]) == sorted(manifest["patients"])
+
+
+def _outside(shards: Path, tmp_path: Path, where: str) -> str:
+    """Move shard-000001.tar out of the set's folder; the manifest name that reaches it."""
+    if where == "parent":
+        (tmp_path / "outside").mkdir()
+        (shards / "shard-000001.tar").rename(tmp_path / "outside" / "shard-000001.tar")
+        return "../outside/shard-000001.tar"
+    if where == "absolute":
+        (shards / "shard-000001.tar").rename(tmp_path / "shard-000001.tar")
+        return str(tmp_path / "shard-000001.tar")
+    (shards / "sub").mkdir()  # a sub-folder: a path separator inside the set
+    (shards / "shard-000001.tar").rename(shards / "sub" / "shard-000001.tar")
+    return "sub/shard-000001.tar"
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "subfolder"])
+def test_a_shard_name_outside_the_set_is_refused(built_sets, tmp_path, capsys, where) -> None:
+    """Issue 21 #12: a manifest whose shard name was '../outside/shard-000001.tar' (re-digested)
+    verified OK, reading a file outside the set. Now verify names the entry and reads nothing
+    there; the fold loader refuses the set."""
+    from hpc_pgo.data.tarindex import index_shards
+
+    shards = _copy(built_sets, "file", tmp_path)
+    name = _outside(shards, tmp_path, where)
+    _edit(shards, lambda m: m["shards"][1].update(name=name), reseal=True)
+    problems = _verify_fails(shards, capsys)
+    assert problems[0] == (
+        f"{MANIFEST} shards entry 1: name {name!r} is not a file of the shard set's folder; "
+        "valid: a plain file name such as 'shard-000000.tar' (no '/' or '\\', not '..', not an "
+        "absolute path)"
+    )
+    assert not any("shard-000001.tar: " in p for p in problems)  # never read
+    with pytest.raises(PgoError, match=r"shards entry 1: name .* is not a file of the shard set"):
+        index_shards(shards, read_manifest(shards), verify=True)
