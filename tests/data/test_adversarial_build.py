@@ -647,3 +647,38 @@ def test_a_shard_name_outside_the_set_is_refused(built_sets, tmp_path, capsys, w
     assert not any("shard-000001.tar: " in p for p in problems)  # never read
     with pytest.raises(PgoError, match=r"shards entry 1: name .* is not a file of the shard set"):
         index_shards(shards, read_manifest(shards), verify=True)
+
+
+REPEATS = {  # the column written twice (the copy with other values) -> what it is used for
+    "R3_rnaseq": "omics group 'rna'",
+    "survival_months": "the survival record",
+    "case_id": "the patient ids",
+}
+
+
+@pytest.mark.parametrize("column", [*REPEATS, "age"])
+def test_a_repeated_column_name_is_one_error_line(tmp_path: Path, capsys, column: str) -> None:
+    """Issue 21 #6: pandas reads a header that names 'R3_rnaseq' twice as 'R3_rnaseq' and
+    'R3_rnaseq.1'; the suffix selector took the first only and the second copy was dropped
+    without a word. A repeated column the spec uses is now an error naming the file, the
+    column and both positions; a repeated column nothing uses ('age') is no error."""
+    table = porpoise_table(n_patients=6, n_double=0)
+    twin = table[[column]]
+    if column != "case_id":
+        twin = twin.apply(lambda c: c + 1)  # other values: which copy is read matters
+    path = tmp_path / "kirc.csv"
+    pd.concat([table, twin], axis=1).to_csv(path, index=False)  # the header names it twice
+    first = list(table.columns).index(column) + 1
+    out = tmp_path / "set"
+    args = ["build", *porpoise_flags(path), "--splits", "kfold:3", "--out", str(out)]
+    if column not in REPEATS:
+        assert _run(args, capsys)[0] == 0 and verify(out).ok
+        return
+    line = _fails(args, capsys, out)
+    what = "survival" if column in ("survival_months", "case_id") else "omics"
+    assert line == (
+        f"error: {what} table {path} line 1: column {column!r} occurs 2 times in the header "
+        f"(columns {first}, {len(table.columns) + 1}), used for {REPEATS[column]}; only the "
+        f"first would be read ('{column}.1' dropped); valid: each column name once in the "
+        "header (rename or remove the repeats)"
+    )
