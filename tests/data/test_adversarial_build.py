@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.cli import main
@@ -681,4 +682,68 @@ def test_a_repeated_column_name_is_one_error_line(tmp_path: Path, capsys, column
         f"(columns {first}, {len(table.columns) + 1}), used for {REPEATS[column]}; only the "
         f"first would be read ('{column}.1' dropped); valid: each column name once in the "
         "header (rename or remove the repeats)"
+    )
+
+
+def _gradients(size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(8-bit, 16-bit) versions of one diagonal gradient (each ROI its own range): the 8-bit
+    one rounded to 0..255, the 16-bit one to 0..65535 (as a scanner exporting 16 bits would)."""
+    y, x = np.mgrid[0:size, 0:size]
+    level = (20 + 10 * k + (x + 2 * y) * (200 - 10 * k) / (3 * (size - 1))) / 255  # in [0, 1]
+    return np.round(level * 255).astype(np.uint8), np.round(level * 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["whole", "tiled"])
+def test_a_16_bit_grayscale_roi_keeps_its_pixels(tmp_path: Path, capsys, tiled: bool) -> None:
+    """Issue 21 #5: a 16-bit grayscale PNG ROI (Pillow mode I;16) was stored as it is and
+    decoded by Pillow's convert('RGB'), which clips at 255: a solid white image. The build now
+    scales it by the full 16-bit range (images.to_rgb) into an 8-bit RGB PNG."""
+    from hpc_pgo.data.transforms import decode_image
+
+    from .conftest import read_samples
+
+    cohort = write_pathomic(tmp_path / "pf", n_patients=4, rois=1, size=64)
+    if not tiled:
+        spec = cohort.spec
+        spec["images"]["tile"] = None
+        cohort.spec_path.write_text(json.dumps(spec))  # JSON is YAML
+    eight = {}
+    for k, (patient, (path,)) in enumerate(sorted(cohort.rois.items())):
+        eight[patient], sixteen = _gradients(64, k)
+        Image.fromarray(sixteen).save(path)  # a real 16-bit PNG
+        with Image.open(path) as im:
+            assert im.mode == "I;16" and path.read_bytes()[24] == 16  # IHDR bit depth 16
+    out = tmp_path / "out"
+    code, _, err = _run(_build_args(cohort.spec_path, out), capsys)
+    assert code == 0, err
+    samples = read_samples(out)
+    assert len(samples) == (4 * 9 if tiled else 4)
+    for sample in samples:
+        patient, unit = sample["__key__"].split("__", 1)
+        pixels = decode_image(sample["png"]).numpy()  # the fold loader's decoding
+        assert (pixels[0] == pixels[1]).all() and (pixels[0] == pixels[2]).all()
+        expected = eight[patient]
+        if tiled:
+            top, left = (int(part[1:]) for part in unit.rsplit("_", 2)[1:])
+            expected = expected[top : top + 32, left : left + 32]
+        assert pixels[0].std() > 10  # not a solid image
+        assert np.abs(pixels[0].astype(int) - expected).max() <= 1  # the 8-bit version
+    assert verify(out).ok
+    for patient, (path,) in cohort.rois.items():  # the loader decodes such bytes alike too
+        pixels = decode_image(path.read_bytes()).numpy()[0].astype(int)
+        assert np.abs(pixels - eight[patient]).max() <= 1
+
+
+def test_a_float_tiff_roi_is_refused(tmp_path: Path, capsys) -> None:
+    """32-bit float pixels have no range to map to 8 bits: one error line naming the file."""
+    cohort = write_pathomic(tmp_path / "pf", n_patients=4, rois=1, size=64)
+    png = sorted(cohort.rois.items())[1][1][0]
+    tiff = png.with_suffix(".tif")
+    Image.fromarray(_gradients(64, 0)[0].astype(np.float32)).save(tiff)
+    png.unlink()
+    out = tmp_path / "out"
+    line = _fails(_build_args(cohort.spec_path, out), capsys, out)
+    assert line == (
+        f"error: image {tiff}: 32-bit float pixels (Pillow mode F) have no defined range to map "
+        "to 8 bits; valid: 8-bit (gray, RGB, RGBA, palette) or 16-bit grayscale images"
     )
