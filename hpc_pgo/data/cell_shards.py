@@ -27,6 +27,7 @@ import numpy as np
 from hpc_pgo.data.members import json_bytes, load_npy, npy_bytes, sha256_file
 from hpc_pgo.data.shards import (
     VerifyReport,
+    checked_shard_path,
     digest_problem,
     iter_samples,
     listed_shards,
@@ -91,8 +92,8 @@ def load_cells(directory: str | os.PathLike, *, verify_sha: bool = True) -> Cell
     directory = Path(directory)
     manifest = read_cells_manifest(directory)
     genes, values, lengths, labels = [], [], [], []
-    for entry in manifest["shards"]:
-        path = directory / entry["name"]
+    for index, entry in enumerate(manifest["shards"]):
+        path = checked_shard_path(directory, entry, index)
         if not path.is_file():
             raise PgoError(f"{directory}: shard {entry['name']} listed in the manifest is missing")
         if verify_sha and sha256_file(path) != entry["sha256"]:

@@ -375,7 +375,34 @@ def read_table(path: Path | str, patient: str, what: str) -> pd.DataFrame:
             f"{patient!r} ({int(bad.sum())} rows lack one)"
         )
     table[patient] = ids.astype(str).str.strip()
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    # pandas renames a repeated header name ('X', 'X' -> 'X', 'X.1'): the header as written
+    # tells which names are repeated, so that a column the spec uses is never read silently
+    # from one copy only (_refuse_repeated)
+    positions: dict[str, list[int]] = {}
+    for number, name in enumerate(table_columns(path, what), 1):
+        positions.setdefault(name, []).append(number)
+    table.attrs[REPEATED] = {name: at for name, at in positions.items() if len(at) > 1 and name}
+    _refuse_repeated(table, patient, path, what, "the patient ids")
+    return table
+
+
+REPEATED = "hpc_pgo.repeated_columns"  # table.attrs key: {name: its 1-based header positions}
+
+
+def _refuse_repeated(table: pd.DataFrame, column: str, path: Path | str, what: str, use: str):
+    """A column the spec uses (for `use`) whose name the header repeats is an error naming the
+    file, the column and where it occurs: pandas keeps the first copy under the name and reads
+    the others as 'name.1', ..., which no selector takes (silently dropped)."""
+    at = table.attrs.get(REPEATED, {}).get(column)
+    if at:
+        renamed = ", ".join(repr(f"{column}.{k}") for k in range(1, len(at)))
+        raise PgoError(
+            f"{what} table {path} line 1: column {column!r} occurs {len(at)} times in the "
+            f"header (columns {', '.join(map(str, at))}), used for {use}; only the first would "
+            f"be read ({renamed} dropped); valid: each column name once in the header (rename "
+            "or remove the repeats)"
+        )
 
 
 def _require_column(table: pd.DataFrame, column: str, path: str, what: str, role: str) -> pd.Series:
@@ -448,6 +475,8 @@ def load_survival(section: Mapping, tables: dict | None = None) -> pd.DataFrame:
     """
     path, pcol = section["path"], section["patient"]
     table = _cached_table(tables, path, pcol, "survival")
+    for column in (section["time"], section["event"] or section["censorship"]):
+        _refuse_repeated(table, column, path, "survival", "the survival record")
     time = _as_numbers(
         _require_column(
             table, section["time"], path, "survival", "survival time (survival.time, --time-col)"
@@ -580,6 +609,10 @@ def load_omics(
         owner: dict[str, str] = {}
         for name, selector in t["groups"].items():
             where = f"omics table {path} group {name!r}"
+            kind, value = next(iter(selector.items()))
+            for repeated in table.attrs.get(REPEATED, {}):
+                if repeated not in reserved and SELECTORS[kind](value, repeated):
+                    _refuse_repeated(table, repeated, path, "omics", f"omics group {name!r}")
             cols = select_columns(candidates, selector, where)
             for c in cols:
                 if c in owner:

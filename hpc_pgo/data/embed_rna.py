@@ -22,6 +22,9 @@ in the manifest stay valid and `pgo-shards verify` is unaffected):
       "scgpt": {"digest", "vocab_digest", "d_model"}, "mlp_a": {"sha256", "scgpt_digest", "dims"} | null,
       "genes": {"matched": M, "total": G}, "patients_without_rna": [...]}
 
+Refused before anything is written: an embedding (scGPT's or MLP-A's) holding NaN or inf,
+naming the checkpoint, the first such patient and the first non-finite weight tensor.
+
 Idempotent: when the manifest's recipe equals the one these inputs give and the side-car's
 sha256 matches, nothing is computed. A patient whose RNA is missing (`--missing mask`, mask 0)
 gets a zero embedding and is listed in `patients_without_rna`.
@@ -188,12 +191,15 @@ def embed_rna(
         progress=progress,
         report=report,
     )
+    overflow = f"an overflow at precision {options.precision}? (try --precision fp32)"
+    _refuse_non_finite(emb, patients, f"scGPT checkpoint {model_dir}", scgpt.model, overflow)
     arrays = {"patients": np.array(patients, dtype=str), FIELD_SCGPT: emb}
     fields = {FIELD_SCGPT: {"dim": scgpt.d_model}}
     if mlp is not None:
         with torch.inference_mode():
             out = mlp(torch.from_numpy(emb)).numpy().astype(np.float32)
         out[~available] = 0.0
+        _refuse_non_finite(out, patients, f"MLP-A {mlp_a}", mlp, "an overflow")
         arrays[FIELD_MLPA] = out
         fields[FIELD_MLPA] = {"dim": int(out.shape[1])}
     path = shard_dir / SIDE_CAR
@@ -230,6 +236,35 @@ def embed_rna(
         path.name,
     )
     return record, True
+
+
+def _refuse_non_finite(emb: np.ndarray, patients: list[str], source: str, model, hint: str):
+    """A PgoError naming `source` (the checkpoint) when an embedding holds NaN or inf, before
+    anything is written: a checkpoint with NaN weights gave an all-NaN rna_emb that the fold
+    then trained on. The message names the first such patient and, when the weights themselves
+    are not finite, the first such tensor."""
+    bad = ~np.isfinite(emb).all(axis=1)
+    if not bad.any():
+        return
+    import torch
+
+    tensors = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if tensors:
+        why = (
+            f"its weights hold NaN or inf in {len(tensors)} tensor(s), first {tensors[0]!r} "
+            "(a diverged or damaged training run)"
+        )
+    else:
+        why = f"its weights are finite: {hint}"
+    raise PgoError(
+        f"{source}: embeddings hold NaN or inf for {int(bad.sum())} of {len(patients)} patients "
+        f"(first {patients[int(np.flatnonzero(bad)[0])]!r}); {why}; nothing was written; valid: "
+        "a checkpoint whose weights and embeddings are finite"
+    )
 
 
 # --------------------------------------------------------------------------- command line

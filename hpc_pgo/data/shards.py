@@ -343,19 +343,51 @@ class _SampleChecker:
 _MANIFEST_SHAPE = {"groups": dict, "patients": dict, "counts": dict, "shards": list, "splits": dict}
 
 
+def shard_name_problem(name: Any, index: int) -> str | None:
+    """Why a manifest's shard name is not a file of the set's own folder (None when it is).
+
+    A name is a plain file name: a string without a path separator ('/' or '\\'), not '.' or
+    '..', not absolute, no NUL; else `directory / name` would read (or vouch for) a file
+    outside the set, e.g. '../other/shard-000000.tar' or '/etc/passwd'."""
+    if isinstance(name, str) and name not in ("", ".", "..") and not re.search(r"[/\\\x00]", name):
+        return None
+    return (
+        f"{MANIFEST} shards entry {index}: name {name!r} is not a file of the shard set's "
+        "folder; valid: a plain file name such as 'shard-000000.tar' (no '/' or '\\', not "
+        "'..', not an absolute path)"
+    )
+
+
+def checked_shard_path(directory: Path, entry: Mapping[str, Any], index: int) -> Path:
+    """directory / entry["name"], or a PgoError when the name points outside the set (readers)."""
+    problem = shard_name_problem(entry.get("name"), index)
+    if problem:
+        raise PgoError(f"{directory}/{problem}; rebuild the shard set")
+    return directory / entry["name"]
+
+
 def listed_shards(
     directory: Path, manifest: Mapping[str, Any], report: VerifyReport
 ) -> Iterator[tuple[dict[str, Any], Path]]:
     """(entry, path) of each shard the manifest lists and the directory holds, in manifest order.
 
-    Each listed shard counts in report.shards; a shard file the manifest does not list and a
-    listed one that is missing become report problems (the verifiers of both shard kinds)."""
-    listed = {s["name"] for s in manifest["shards"]}
+    Each listed shard counts in report.shards; a shard file the manifest does not list, a
+    listed one that is missing and a listed name that is not a plain file name of the folder
+    (shard_name_problem; never read) become report problems (the verifiers of both shard
+    kinds)."""
+    listed = {s.get("name") for s in manifest["shards"] if isinstance(s, Mapping)}
     for extra in sorted(p.name for p in directory.glob(SHARD_GLOB) if p.name not in listed):
         report.problems.append(f"shard {extra}: present but not in the manifest")
-    for entry in manifest["shards"]:
-        path = directory / entry["name"]
+    for index, entry in enumerate(manifest["shards"]):
         report.shards += 1
+        if not isinstance(entry, Mapping):
+            report.problems.append(f"{MANIFEST} shards entry {index}: not an object")
+            continue
+        problem = shard_name_problem(entry.get("name"), index)
+        if problem:
+            report.problems.append(problem)
+            continue
+        path = directory / entry["name"]
         if not path.is_file():
             report.problems.append(f"shard {entry['name']}: missing")
             continue
@@ -401,10 +433,13 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
         try:
             for sample in iter_samples(path):
                 count += 1
-                order.append(
+                # the build's rule (patient ids may hold '__'); a key naming no patient of the
+                # manifest counts under its text up to the first '__' (reported below)
+                patient = (
                     patient_of_key(sample["__key__"], manifest["patients"])
                     or sample["__key__"].split("__", 1)[0]
                 )
+                order.append(patient)
                 if sample["__key__"] in seen:
                     report.problems.append(
                         f"shard {entry['name']} sample {sample['__key__']}: "
@@ -419,7 +454,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
                         report.problems.append(
                             f"shard {entry['name']} sample {sample['__key__']}: {problem}"
                         )
-                units[sample["__key__"].split("__", 1)[0]] += 1
+                units[patient] += 1
         except Exception as exc:  # a damaged tar: report where reading stopped
             report.problems.append(
                 f"shard {entry['name']}: unreadable after {count} samples "

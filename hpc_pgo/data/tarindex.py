@@ -26,6 +26,7 @@ from webdataset.tariterators import base_plus_ext
 
 from hpc_pgo.data.shards import (
     MANIFEST,
+    checked_shard_path,
     patient_of_key,
     patient_runs,
     read_verified,
@@ -119,6 +120,8 @@ def index_shards(
     """
     shard_dir = Path(shard_dir)
     entries = [e for e in manifest["shards"] if names is None or e["name"] in names]
+    for index, entry in enumerate(manifest["shards"]):  # no shard read from outside the set
+        checked_shard_path(shard_dir, entry, index)
     record, why = read_verified(shard_dir) if verify else ({}, None)
     stats = [_shard_stat(shard_dir / entry["name"], entry) for entry in entries]
     hashed = {

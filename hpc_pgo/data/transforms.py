@@ -23,13 +23,15 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
+from hpc_pgo.data.images import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def decode_image(data: bytes) -> torch.Tensor:
     """Encoded PNG/JPEG bytes -> contiguous uint8 (3, H, W) RGB tensor (PIL decodes; grey/RGBA
-    become RGB). Contiguous because flips and rotations of a strided HWC->CHW view are several
+    become RGB, 16-bit grey is scaled to 8 bits: hpc_pgo.data.images.to_rgb). Contiguous because flips and rotations of a strided HWC->CHW view are several
     times slower; the HWC->CHW copy is the only copy after PIL's own.
 
     Raises PIL's error (OSError, SyntaxError, ...) on corrupt bytes; the loader wraps it with the
@@ -38,7 +40,7 @@ def decode_image(data: bytes) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = to_rgb(image)  # 16-bit gray scaled, not clipped at 255 (a set built before)
         pixels = np.asarray(image)  # read-only (H, W, 3) over PIL's bytes
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.cli import main
@@ -589,3 +590,160 @@ def test_an_image_file_that_does_not_decode_stays_an_error(tmp_path: Path, capsy
     out = tmp_path / "out"
     line = _fails(_build_args(cohort.spec_path, out), capsys, out)
     assert line.startswith(f"error: image {broken}: does not decode")
+
+
+# --------------------------------------------------------------------------- issue 21
+
+
+def test_patient_ids_with_double_underscores_build_and_verify(tmp_path: Path, capsys) -> None:
+    """Issue 21 #7: verify took a key's patient to be its text up to the first '__', so a set
+    freshly built from ids like 'TCGA__A0-1000' failed ('0 samples, manifest says 1'). Verify
+    now reads keys with the build's rule (shards.patient_of_key)."""
+    table = porpoise_table(n_patients=6, n_double=2)
+    table["case_id"] = table["case_id"].str.replace("-", "__", n=2)  # TCGA__A0__1000
+    table.to_csv(tmp_path / "kirc.csv", index=False)
+    out = tmp_path / "set"
+    args = ["build", *porpoise_flags(tmp_path / "kirc.csv"), "--splits", "kfold:3"]
+    code, _, err = _run([*args, "--out", str(out), "--workers", "1"], capsys)
+    assert code == 0, err
+    manifest = read_manifest(out)
+    assert all("__" in p for p in manifest["patients"]) and manifest["counts"]["patients"] == 6
+    code, stdout, err = _run(["verify", str(out)], capsys)
+    assert (code, err) == (0, ""), err
+    assert stdout.strip().endswith(": OK")
+    fold = open_fold(out, 0)
+    assert sorted([*fold.train, *fold.test]) == sorted(manifest["patients"])
+
+
+def _outside(shards: Path, tmp_path: Path, where: str) -> str:
+    """Move shard-000001.tar out of the set's folder; the manifest name that reaches it."""
+    if where == "parent":
+        (tmp_path / "outside").mkdir()
+        (shards / "shard-000001.tar").rename(tmp_path / "outside" / "shard-000001.tar")
+        return "../outside/shard-000001.tar"
+    if where == "absolute":
+        (shards / "shard-000001.tar").rename(tmp_path / "shard-000001.tar")
+        return str(tmp_path / "shard-000001.tar")
+    (shards / "sub").mkdir()  # a sub-folder: a path separator inside the set
+    (shards / "shard-000001.tar").rename(shards / "sub" / "shard-000001.tar")
+    return "sub/shard-000001.tar"
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "subfolder"])
+def test_a_shard_name_outside_the_set_is_refused(built_sets, tmp_path, capsys, where) -> None:
+    """Issue 21 #12: a manifest whose shard name was '../outside/shard-000001.tar' (re-digested)
+    verified OK, reading a file outside the set. Now verify names the entry and reads nothing
+    there; the fold loader refuses the set."""
+    from hpc_pgo.data.tarindex import index_shards
+
+    shards = _copy(built_sets, "file", tmp_path)
+    name = _outside(shards, tmp_path, where)
+    _edit(shards, lambda m: m["shards"][1].update(name=name), reseal=True)
+    problems = _verify_fails(shards, capsys)
+    assert problems[0] == (
+        f"{MANIFEST} shards entry 1: name {name!r} is not a file of the shard set's folder; "
+        "valid: a plain file name such as 'shard-000000.tar' (no '/' or '\\', not '..', not an "
+        "absolute path)"
+    )
+    assert not any("shard-000001.tar: " in p for p in problems)  # never read
+    with pytest.raises(PgoError, match=r"shards entry 1: name .* is not a file of the shard set"):
+        index_shards(shards, read_manifest(shards), verify=True)
+
+
+REPEATS = {  # the column written twice (the copy with other values) -> what it is used for
+    "R3_rnaseq": "omics group 'rna'",
+    "survival_months": "the survival record",
+    "case_id": "the patient ids",
+}
+
+
+@pytest.mark.parametrize("column", [*REPEATS, "age"])
+def test_a_repeated_column_name_is_one_error_line(tmp_path: Path, capsys, column: str) -> None:
+    """Issue 21 #6: pandas reads a header that names 'R3_rnaseq' twice as 'R3_rnaseq' and
+    'R3_rnaseq.1'; the suffix selector took the first only and the second copy was dropped
+    without a word. A repeated column the spec uses is now an error naming the file, the
+    column and both positions; a repeated column nothing uses ('age') is no error."""
+    table = porpoise_table(n_patients=6, n_double=0)
+    twin = table[[column]]
+    if column != "case_id":
+        twin = twin.apply(lambda c: c + 1)  # other values: which copy is read matters
+    path = tmp_path / "kirc.csv"
+    pd.concat([table, twin], axis=1).to_csv(path, index=False)  # the header names it twice
+    first = list(table.columns).index(column) + 1
+    out = tmp_path / "set"
+    args = ["build", *porpoise_flags(path), "--splits", "kfold:3", "--out", str(out)]
+    if column not in REPEATS:
+        assert _run(args, capsys)[0] == 0 and verify(out).ok
+        return
+    line = _fails(args, capsys, out)
+    what = "survival" if column in ("survival_months", "case_id") else "omics"
+    assert line == (
+        f"error: {what} table {path} line 1: column {column!r} occurs 2 times in the header "
+        f"(columns {first}, {len(table.columns) + 1}), used for {REPEATS[column]}; only the "
+        f"first would be read ('{column}.1' dropped); valid: each column name once in the "
+        "header (rename or remove the repeats)"
+    )
+
+
+def _gradients(size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(8-bit, 16-bit) versions of one diagonal gradient (each ROI its own range): the 8-bit
+    one rounded to 0..255, the 16-bit one to 0..65535 (as a scanner exporting 16 bits would)."""
+    y, x = np.mgrid[0:size, 0:size]
+    level = (20 + 10 * k + (x + 2 * y) * (200 - 10 * k) / (3 * (size - 1))) / 255  # in [0, 1]
+    return np.round(level * 255).astype(np.uint8), np.round(level * 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["whole", "tiled"])
+def test_a_16_bit_grayscale_roi_keeps_its_pixels(tmp_path: Path, capsys, tiled: bool) -> None:
+    """Issue 21 #5: a 16-bit grayscale PNG ROI (Pillow mode I;16) was stored as it is and
+    decoded by Pillow's convert('RGB'), which clips at 255: a solid white image. The build now
+    scales it by the full 16-bit range (images.to_rgb) into an 8-bit RGB PNG."""
+    from hpc_pgo.data.transforms import decode_image
+
+    from .conftest import read_samples
+
+    cohort = write_pathomic(tmp_path / "pf", n_patients=4, rois=1, size=64)
+    if not tiled:
+        spec = cohort.spec
+        spec["images"]["tile"] = None
+        cohort.spec_path.write_text(json.dumps(spec))  # JSON is YAML
+    eight = {}
+    for k, (patient, (path,)) in enumerate(sorted(cohort.rois.items())):
+        eight[patient], sixteen = _gradients(64, k)
+        Image.fromarray(sixteen).save(path)  # a real 16-bit PNG
+        with Image.open(path) as im:
+            assert im.mode == "I;16" and path.read_bytes()[24] == 16  # IHDR bit depth 16
+    out = tmp_path / "out"
+    code, _, err = _run(_build_args(cohort.spec_path, out), capsys)
+    assert code == 0, err
+    samples = read_samples(out)
+    assert len(samples) == (4 * 9 if tiled else 4)
+    for sample in samples:
+        patient, unit = sample["__key__"].split("__", 1)
+        pixels = decode_image(sample["png"]).numpy()  # the fold loader's decoding
+        assert (pixels[0] == pixels[1]).all() and (pixels[0] == pixels[2]).all()
+        expected = eight[patient]
+        if tiled:
+            top, left = (int(part[1:]) for part in unit.rsplit("_", 2)[1:])
+            expected = expected[top : top + 32, left : left + 32]
+        assert pixels[0].std() > 10  # not a solid image
+        assert np.abs(pixels[0].astype(int) - expected).max() <= 1  # the 8-bit version
+    assert verify(out).ok
+    for patient, (path,) in cohort.rois.items():  # the loader decodes such bytes alike too
+        pixels = decode_image(path.read_bytes()).numpy()[0].astype(int)
+        assert np.abs(pixels - eight[patient]).max() <= 1
+
+
+def test_a_float_tiff_roi_is_refused(tmp_path: Path, capsys) -> None:
+    """32-bit float pixels have no range to map to 8 bits: one error line naming the file."""
+    cohort = write_pathomic(tmp_path / "pf", n_patients=4, rois=1, size=64)
+    png = sorted(cohort.rois.items())[1][1][0]
+    tiff = png.with_suffix(".tif")
+    Image.fromarray(_gradients(64, 0)[0].astype(np.float32)).save(tiff)
+    png.unlink()
+    out = tmp_path / "out"
+    line = _fails(_build_args(cohort.spec_path, out), capsys, out)
+    assert line == (
+        f"error: image {tiff}: 32-bit float pixels (Pillow mode F) have no defined range to map "
+        "to 8 bits; valid: 8-bit (gray, RGB, RGBA, palette) or 16-bit grayscale images"
+    )

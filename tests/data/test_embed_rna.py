@@ -349,3 +349,62 @@ def test_submit_names_the_command_for_each_missing_scgpt_input(shards, ckpt, tmp
     weights = tmp_path / "mlp_a.pt"
     weights.write_bytes(b"")
     check_shards(cfg(f"model.genomic.mlp_a_weights={weights}"))
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    ["transformer_encoder.layers.0.linear1.weight", "decoder.fc.0.weight"],
+    ids=["used", "unused"],
+)
+def test_a_checkpoint_with_nan_weights_is_refused(
+    shards, tmp_path, pbmc_genes_values, capsys, tensor
+):
+    """Issue 21 #4: a checkpoint holding NaN weights gave an all-NaN rna_emb and exit 0. Now
+    non-finite embeddings are one error line naming the checkpoint (and the first such
+    tensor), and nothing is written to the shard set. NaN in a tensor the embedding does not
+    use (the expression decoder) leaves the embeddings finite: accepted."""
+    ckpt = S.write_random_checkpoint(tmp_path / "nan", pbmc_genes_values[0], flash_keys=True)
+    state = torch.load(ckpt / "best_model.pt", weights_only=True)
+    state[tensor][0, 0] = float("nan")  # one weight, as a diverged step leaves them
+    torch.save(state, ckpt / "best_model.pt")
+    before = _tree(shards)
+    code = run(str(shards), "--scgpt", str(ckpt), "--max-length", "64")
+    err = capsys.readouterr().err
+    if tensor.startswith("decoder"):
+        assert (code, err) == (0, "")
+        assert np.isfinite(read_embeddings(shards, read_manifest(shards)).fields["rna_emb"]).all()
+        return
+    assert code == 2, err
+    assert err.strip() == (
+        f"error: scGPT checkpoint {ckpt}: embeddings hold NaN or inf for {N_PATIENTS} of "
+        f"{N_PATIENTS} patients (first 'P000'); its weights hold NaN or inf in 1 tensor(s), "
+        f"first '{tensor}' (a diverged or damaged training run); nothing was written; valid: a "
+        "checkpoint whose weights and embeddings are finite"
+    )
+    assert _tree(shards) == before and not (shards / SIDE_CAR).exists()
+    assert "embeddings" not in read_manifest(shards)
+
+
+def test_a_mlp_a_with_nan_weights_is_refused(shards, ckpt, tmp_path, capsys):
+    model = S.load_scgpt(ckpt)
+    mlp = MLP(32, 16, 8, 3)
+    with torch.no_grad():
+        next(mlp.parameters()).fill_(float("nan"))
+    weights = S.save_mlp_a(
+        tmp_path / "mlp_a.pt",
+        mlp,
+        scgpt_digest=model.digest,
+        vocab_digest=model.vocab_sha,
+        class_names=["a"],
+        dims={"in": 32, "hidden": 16, "out": 8, "layers": 3, "dropout": 0.0},
+    )
+    before = _tree(shards)
+    assert run(str(shards), "--scgpt", str(ckpt), "--mlp-a", str(weights)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: MLP-A {weights}: embeddings hold NaN or inf for ")
+    assert "its weights hold NaN or inf" in err and len(err.strip().splitlines()) == 1
+    assert _tree(shards) == before

@@ -2,7 +2,10 @@
 
 - Not tiled: the file's own bytes when its format is the cohort's (after checking that it
   decodes): a cohort has one image field, `jpg` when every ROI is a .jpg/.jpeg file, else
-  `png` (PNG files kept, other formats re-encoded as PNG); unit name = the file stem.
+  `png` (8-bit PNG files kept, other formats re-encoded as PNG); unit name = the file stem.
+- 16-bit grayscale ROIs (PNG or TIFF, Pillow mode I;16) are stored as 8-bit RGB PNG, scaled
+  by the full 16-bit range (hpc_pgo.data.images.to_rgb: v8 = round(v16 / 257)); Pillow's own
+  conversion clipped them at 255 (a white image). 32-bit integer or float ROIs are refused.
 - Tiled: RGB tiles of `size` px every `stride` px (row-major, top-left first), PNG encoded
   (lossless, deterministic); unit name = `<stem>_y<top>_x<left>` with 5-digit offsets, so
   sorting names sorts tiles by position. A 1024 px ROI at size 512, stride 256 gives 9 tiles.
@@ -16,7 +19,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from hpc_pgo.data.images import Unit, encode_png, unit_name
+from hpc_pgo.data.images import Unit, encode_png, is_eight_bit, to_rgb, unit_name
 from hpc_pgo.data.layouts.base import Layout, set_given
 from hpc_pgo.data.layouts.checks import check_keys, integer, mapping
 from hpc_pgo.errors import PgoError
@@ -46,6 +49,14 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
+def _rgb(image: Image.Image, path: Path) -> Image.Image:
+    """to_rgb (16-bit gray scaled to 8 bits, not clipped); a 32-bit image is an error naming it."""
+    try:
+        return to_rgb(image)
+    except ValueError as exc:
+        raise PgoError(f"image {path}: {exc}") from None
+
+
 def tile_offsets(length: int, size: int, stride: int) -> list[int]:
     """Top-left offsets of the tiles along one axis: 0, stride, ... while a tile fits."""
     return list(range(0, length - size + 1, stride))
@@ -61,10 +72,10 @@ def roi_units(path: Path, tile: Mapping | None, fmt: str = "png") -> tuple[list[
     stem = unit_name(path.stem)
     width, height = image.size
     if tile is None:
-        if KEPT_FORMATS.get(image.format or "") == fmt:
+        if KEPT_FORMATS.get(image.format or "") == fmt and is_eight_bit(image):
             data = path.read_bytes()
         elif fmt == "png":
-            data = encode_png(image)
+            data = encode_png(_rgb(image, path))
         else:
             raise PgoError(
                 f"image {path}: named like a JPEG but it is {image.format}; in a cohort of "
@@ -75,7 +86,7 @@ def roi_units(path: Path, tile: Mapping | None, fmt: str = "png") -> tuple[list[
     ys, xs = tile_offsets(height, size, stride), tile_offsets(width, size, stride)
     if not ys or not xs:
         return [], f"ROI {path.name} is {height}x{width} px, smaller than the {size} px tile"
-    rgb = image.convert("RGB")
+    rgb = _rgb(image, path)
     units = [
         Unit(
             f"{stem}_y{y:05d}_x{x:05d}",
