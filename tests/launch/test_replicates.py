@@ -162,3 +162,58 @@ def test_seeds_and_nested_selection_run_as_one_array_and_resume_exactly(
     assert [(Path(t.run_dir), t.fold) for t in third.array.tasks] == [(lost.parent, 1)]
     assert wait(third, progress=False, poll_s=0.2, timeout_s=300) == {"done": 1, "failed": 0}
     assert (lost / "predictions.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_seeded_inner_trainings_signalled_mid_fold_resume_to_the_uninterrupted_bytes(
+    demo_shards: Path, tmp_path: Path, monkeypatch
+):
+    import os
+    import signal
+    import time
+
+    from hpc_pgo import hold
+
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", configs)
+    (configs / "sweep" / "one.yaml").write_text(
+        "runs:\n  - {name: a, overrides: []}\n  - {name: sel, select: [a]}\n"
+    )
+
+    def args(run: str) -> list[str]:
+        return tiny_args(
+            demo_shards, tmp_path / run, "sweep=one", "folds=1", "seeds=[0,1]", "inner.folds=2",
+            "cluster.parallel=1", "cluster.folds_per_process=6",
+        )  # fmt: skip
+
+    alone = submit(args("alone"), config_dir=configs)
+    assert wait(alone, progress=False, poll_s=0.2, timeout_s=600) == {"done": 6, "failed": 0}
+
+    held = tmp_path / "held"
+    # every fresh training holds after step 4 (a checkpoint step); the first is signalled there
+    monkeypatch.setenv(hold.ENV, hold.spec("fold", 4, held))
+    sub = submit(args("run"), config_dir=configs)
+    job = sub.array.jobs[0]
+    try:
+        (marker,) = hold.wait_held(held, timeout_s=180, running=lambda: not job.done())
+        os.kill(marker["pid"], signal.SIGUSR2)  # submitit's warning signal: checkpoint, requeue
+        released = hold.released_marker(held)
+        deadline = time.monotonic() + 180
+        while not released.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert json.loads(released.read_text())["by"] == "stop"
+        hold.release(held)
+        assert wait(sub, progress=False, poll_s=0.2, timeout_s=600) == {"done": 6, "failed": 0}
+    finally:
+        hold.release(held)
+    assert "resume from their last checkpoints" in (job.stderr() or "")
+    report(tmp_path / "alone")
+    report(tmp_path / "run")
+    files = sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone").rglob(
+        "predictions.csv"))  # fmt: skip
+    assert len(files) == 8  # 2 seeds x (refit + 2 inner) + the select entry's fold per seed
+    for rel in files:
+        assert (tmp_path / "run" / rel).read_bytes() == (tmp_path / "alone" / rel).read_bytes(), rel
+    calls = [json.loads((tmp_path / "run" / rel).with_name("metrics.json").read_text())
+             .get("calls") for rel in files if "sel" not in rel.parts]  # fmt: skip
+    assert sorted(calls) == [1, 1, 1, 1, 1, 2]  # exactly one training was interrupted
