@@ -45,9 +45,9 @@ test-fast: install
 DEMO_SHARDS := shards/demo-balance
 DEMO_COHORT := --seed 0 --patients 200 --rois 1 --genomic-strength 1.5 --genomic-saturation 1.0 --image-strength 0.8
 DEMO_PRESET := model=fusion_small train.epochs=15 train.num_workers=0 model.genomic.snn.dropout=0.1
-# How it runs, not what it computes (neither is in the folds' config digest): 9 folds per process
+# How it runs, not what it computes (neither is in the folds' config digest): 27 folds per process
 # (each process pays ~4 s of imports once, not per fold), one checkpoint per fold.
-DEMO_RUN := cluster.folds_per_process=9 train.checkpoint_every=15
+DEMO_RUN := cluster.folds_per_process=27 train.checkpoint_every=15
 
 demo: install
 	test -f $(DEMO_SHARDS)/manifest.json || $(PY) -m hpc_pgo.data demo --out $(DEMO_SHARDS) $(DEMO_COHORT)

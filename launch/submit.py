@@ -27,6 +27,9 @@ over configs/base.yaml (see configs/README.md):
                   checked against data.n_splits
   sweep=NAME      every configuration of configs/sweep/NAME.yaml x the folds, as ONE array
                   (e.g. sweep=table3); the report prints them side by side
+  seeds=[0,1,2]   every configuration x fold x seed as ONE array; the report averages each fold
+                  over the seeds and states the seed noise (a sweep entry's select: adds inner-CV
+                  trainings of its candidates; configs/README.md "Nested selection")
   run_dir=DIR     where the run writes (default runs/<name>/<timestamp>); a directory holding
                   another config is refused unless force=true; finished folds are skipped
   wait=true|false block with a progress bar, then print the report (default: true on local)

@@ -217,3 +217,38 @@ def test_seeded_inner_trainings_signalled_mid_fold_resume_to_the_uninterrupted_b
     calls = [json.loads((tmp_path / "run" / rel).with_name("metrics.json").read_text())
              .get("calls") for rel in files if "sel" not in rel.parts]  # fmt: skip
     assert sorted(calls) == [1, 1, 1, 1, 1, 2]  # exactly one training was interrupted
+
+
+def test_a_seeded_run_reports_seed_means_the_ensemble_and_the_noise(
+    demo_shards: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "run"
+    args = tiny_args(demo_shards, run_dir, "folds=1-2", "train.epochs=1", "seeds=[3,5]",
+                     "cluster.folds_per_process=2")  # fmt: skip
+    sub = submit(args)
+    assert sorted((Path(t.run_dir).name, t.fold) for t in sub.array.tasks) == [
+        ("seed_3", 1), ("seed_3", 2), ("seed_5", 1), ("seed_5", 2)
+    ]
+    assert wait(sub, progress=False, poll_s=0.2, timeout_s=300) == {"done": 4, "failed": 0}
+    text = report(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads((run_dir / "seeds.json").read_text()) == {"seeds": [3, 5]}
+    c = {(s, k): _c(pd.read_csv(run_dir / f"seed_{s}" / f"fold_{k}" / "predictions.csv"))
+         for s in (3, 5) for k in (1, 2)}  # fmt: skip
+    for k in (1, 2):
+        assert summary["c_index"]["per_fold"][str(k)] == pytest.approx((c[3, k] + c[5, k]) / 2)
+        both = pd.concat(
+            pd.read_csv(run_dir / f"seed_{s}" / f"fold_{k}" / "predictions.csv") for s in (3, 5)
+        )
+        assert summary["ensemble"]["per_fold"][str(k)] == pytest.approx(_c(both))
+    means = [np.mean([c[s, 1], c[s, 2]]) for s in (3, 5)]
+    assert summary["seeds"]["sd_of_mean"] == pytest.approx(np.std(means, ddof=1))
+    per_fold_sd = np.sqrt(np.mean([np.var([c[3, k], c[5, k]], ddof=1) for k in (1, 2)]))
+    assert summary["seeds"]["per_fold_seed_sd"] == pytest.approx(per_fold_sd)
+    assert "Seed noise" in text and "seed 5" in text
+    # a seed sub-run's fold lost: the seeded row lists the fold missing, exit-3 material
+    (run_dir / "seed_5" / "fold_2" / "predictions.csv").unlink()
+    (run_dir / "seed_5" / "fold_2" / "metrics.json").unlink()
+    report(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["missing_folds"] == [2] and list(summary["c_index"]["per_fold"]) == ["1"]
