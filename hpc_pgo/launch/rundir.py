@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from hpc_pgo.config import CONFIG_FILE, config_digest, save_config
+from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import (
     ERROR,
     finished_or_unrecorded,
@@ -41,11 +43,56 @@ SUBMITIT_DIR = "submitit"
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse a run_dir whose config.yaml has another digest than cfg, unless cfg.force.
+    """Refuse a run_dir that cannot be a directory (check_run_dir_path), and one whose
+    config.yaml has another digest than cfg, unless cfg.force.
 
     Raises PgoError naming the directory, the first differing keys and the ways out.
     """
+    check_run_dir_path(run_dir)
     refuse_other_config(cfg, run_dir, f"run_dir {run_dir} holds another config", "override")
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    """PgoError when run_dir exists and is not a directory (a file, /dev/null), or when the
+    nearest path above it that exists is not a directory (run_dir under a file). Reads only."""
+    path = Path(run_dir)
+    valid = "valid: a directory, or a path whose nearest existing parent is one (run_dir=...)"
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise PgoError(f"run_dir {path} is {_kind(path)}, not a directory; {valid}")
+        return
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise PgoError(
+                    f"run_dir {path} is under {parent}, which is {_kind(parent)}, not a "
+                    f"directory; {valid}"
+                )
+            return
+
+
+def _kind(path: Path) -> str:
+    """What a path that is not a directory is, for a refusal."""
+    if not path.exists():
+        return "a dangling symbolic link"
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+    ):  # fmt: skip
+        if test(mode):
+            return name
+    return "a file"
+
+
+def unwritable(run_dir: Path, err: OSError) -> PgoError:
+    """The refusal of a run_dir that could not be created or written (err: what the write
+    raised); the caller has put the run_dir back as it found it."""
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(run_dir) else ""
+    return PgoError(
+        f"run_dir {run_dir} cannot be created or written: {err.strerror or err}{where}; nothing "
+        "was submitted and the run_dir is as it was; valid: a run_dir you can create and write"
+    )
 
 
 class RunDirChanges:

@@ -36,7 +36,13 @@ from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
 from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array, slurm_alive
 from hpc_pgo.launch.locks import RunDirLock, claim_submitted, describe, fold_holder
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
-from hpc_pgo.launch.rundir import SUBMITIT_DIR, RunDirChanges, check_run_dir, prepare_run_dir
+from hpc_pgo.launch.rundir import (
+    SUBMITIT_DIR,
+    RunDirChanges,
+    check_run_dir,
+    prepare_run_dir,
+    unwritable,
+)
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
 from hpc_pgo.launch.task import FoldTask, ProcessId, resolve_fold_fn
 
@@ -181,11 +187,13 @@ def submit(
         check_slurm_answers()
 
     changes = RunDirChanges()
-    changes.mkdir(run_dir)
     try:
+        changes.mkdir(run_dir)
         lock = RunDirLock.acquire(run_dir)
-    except BaseException:
+    except BaseException as err:
         changes.rollback()
+        if isinstance(err, OSError):
+            raise unwritable(run_dir, err) from err
         raise
     try:
         # under the lock: what another submission did meanwhile counts
@@ -200,11 +208,13 @@ def submit(
         # the ranks of local folds end with this process when it waits for them
         launcher = ProcessId.current() if local and top.wait else None
         submission = _write_and_submit(top, run_dir, runs, sweep, changes, launcher)
-    except BaseException:
+    except BaseException as err:
         try:
             changes.rollback()
         finally:
             lock.release()
+        if isinstance(err, OSError):
+            raise unwritable(run_dir, err) from err
         raise
     changes.commit()
     if local and top.wait:

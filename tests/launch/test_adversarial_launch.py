@@ -448,6 +448,40 @@ def test_an_sbatch_refusal_is_one_error_line_and_the_run_dir_stays_as_it_was(
         assert not (tmp_path / "runs").exists()
 
 
+# --------------------------------------------------------------------------- unusable run dirs
+
+
+@pytest.mark.parametrize("case", ["a-file", "under-a-file", "dev-null", "not-creatable"])
+def test_a_run_dir_that_cannot_be_a_directory_is_one_error_line_exit_2(
+    demo_shards: Path, tmp_path: Path, capsys, case: str
+):
+    """Issue 21: these ended in a traceback, exit 1. Now one line naming the run_dir, exit 2,
+    and nothing is written anywhere (neither at the run_dir nor beside it)."""
+    file = tmp_path / "taken"
+    file.write_text("a file\n")
+    run_dir, says = {
+        "a-file": (file, f"run_dir {file} is a file, not a directory; valid: "),
+        "under-a-file": (file / "runs" / "x",
+                         f"run_dir {file / 'runs' / 'x'} is under {file}, which is a file, not a "
+                         "directory; valid: "),
+        "dev-null": (Path("/dev/null"),
+                     "run_dir /dev/null is a character device, not a directory; valid: "),
+        # /proc refuses new entries, even to root (for whom file modes are no obstacle)
+        "not-creatable": (Path("/proc/pgo-no-such-entry/run"),
+                          "run_dir /proc/pgo-no-such-entry/run cannot be created or written: "),
+    }[case]  # fmt: skip
+    before = tree(tmp_path)
+
+    assert load_main(SUBMIT)(tiny_args(demo_shards, run_dir, "folds=0")) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith(f"error: {says}"), captured.err
+    assert "Traceback" not in captured.err
+    assert tree(tmp_path) == before
+    assert file.read_text() == "a file\n"
+
+
 # --------------------------------------------------------------------------- the report
 
 
