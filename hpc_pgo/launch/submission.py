@@ -79,7 +79,7 @@ class Submission:
 
 def check_shards(cfg: DictConfig) -> None:
     """PgoError naming the shard set path and the pgo-shards command that builds it, if missing;
-    then check_rna_inputs."""
+    then check_fold_splits and check_rna_inputs."""
     path = Path(str(cfg.data.shards))
     if not (path / MANIFEST).is_file():
         hint = BUILD_HINTS.get(str(cfg.groups.data), _DEFAULT_HINT).format(path=path)
@@ -87,7 +87,44 @@ def check_shards(cfg: DictConfig) -> None:
             f"data={cfg.groups.data}: shard set {path} has no {MANIFEST} (data.shards); build it "
             f"with: {hint}"
         )
+    check_fold_splits(cfg, path)
     check_rna_inputs(cfg, path)
+
+
+def check_fold_splits(cfg: DictConfig, path: Path) -> None:
+    """The selected folds against the shard set's own splits (manifest.json splits.folds), not
+    only against data.n_splits (the config's word for it): each fold must be one of its splits,
+    and its test split must hold a death (Harrell's C over a test set without one is undefined:
+    the fold would train, then fail). PgoError naming the fold and the shard set."""
+    from hpc_pgo.config.folds import format_folds
+    from hpc_pgo.data.shards import read_manifest
+
+    manifest = read_manifest(path, check_digest=False)  # the fold itself refuses an edited one
+    splits = manifest.get("splits")
+    folds = splits.get("folds") if isinstance(splits, dict) else None
+    if not isinstance(folds, list):
+        raise PgoError(
+            f"{path / MANIFEST}: no splits.folds list; valid: a shard set built by pgo-shards "
+            "build or demo"
+        )
+    outside = [k for k in cfg.folds if k >= len(folds)]
+    if outside:
+        valid = f"folds within {format_folds(range(len(folds)))}" if folds else "none"
+        raise PgoError(
+            f"folds={format_folds(cfg.folds)}: fold(s) {format_folds(outside)} out of range for "
+            f"shard set {path}, whose {MANIFEST} has {len(folds)} splits (data.n_splits="
+            f"{cfg.data.n_splits} does not match it); valid: {valid}, with data.n_splits="
+            f"{len(folds)}"
+        )
+    patients = manifest.get("patients") or {}
+    for k in cfg.folds:
+        test = list((folds[k] or {}).get("test") or [])
+        if not any(int((patients.get(p) or {}).get("event", 0)) == 1 for p in test):
+            raise PgoError(
+                f"fold {k}: the test split of shard set {path} ({len(test)} patients) has no "
+                f"death (event 1 in its {MANIFEST}), so the fold's C-index is undefined; valid: "
+                f"leave fold {k} out of folds=, or rebuild the shard set with other splits"
+            )
 
 
 def check_rna_inputs(cfg: DictConfig, path: Path) -> None:

@@ -482,6 +482,63 @@ def test_a_run_dir_that_cannot_be_a_directory_is_one_error_line_exit_2(
     assert file.read_text() == "a file\n"
 
 
+# --------------------------------------------------------------------------- folds the shards lack
+
+
+@pytest.fixture(scope="module")
+def one_death_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `pgo-shards build` of a 12-patient PORPOISE-layout table with ONE death, in 3
+    k-fold splits: two of the three test splits hold no death."""
+    from hpc_pgo.data.cli import main as pgo_shards
+    from tests.data.conftest import porpoise_flags, porpoise_table, write_porpoise
+
+    root = tmp_path_factory.mktemp("one-death")
+    table = porpoise_table().assign(censorship=1)  # PORPOISE: censorship 1 = alive at last visit
+    table.loc[table["case_id"] == table["case_id"].iloc[0], "censorship"] = 0
+    flags = porpoise_flags(write_porpoise(root / "kirc.csv", table))
+    out = root / "kfold3"
+    assert pgo_shards(["build", *flags, "--splits", "kfold:3", "--out", str(out),
+                       "--workers", "1"]) == 0  # fmt: skip
+    return out
+
+
+def _deaths_by_fold(shards: Path) -> list[int]:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    return [sum(manifest["patients"][p]["event"] for p in fold["test"])
+            for fold in manifest["splits"]["folds"]]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("folds", "says"),
+    [
+        ("folds=1-4", "folds=1-4: fold(s) 3-4 out of range for shard set {shards}, whose "
+                      "manifest.json has 3 splits (data.n_splits=15 does not match it); valid: "
+                      "folds within 0-2, with data.n_splits=3"),
+        ("folds=0-2", "fold {dry}: the test split of shard set {shards} (4 patients) has no death "
+                      "(event 1 in its manifest.json), so the fold's C-index is undefined; valid: "
+                      "leave fold {dry} out of folds=, or rebuild the shard set with other "
+                      "splits"),
+    ],
+    ids=["folds-beyond-the-manifests-splits", "a-test-split-without-a-death"],
+)  # fmt: skip
+def test_folds_the_shard_set_cannot_score_are_refused_before_anything_is_written(
+    one_death_shards: Path, tmp_path: Path, capsys, folds: str, says: str
+):
+    """Issue 21: folds were checked against data.n_splits only (15 by default), and a test split
+    without a death trained the fold to an undefined C-index. Both are refused up front: one
+    line naming the fold(s) and the shard set, exit 2, no run_dir."""
+    deaths = _deaths_by_fold(one_death_shards)
+    assert sorted(deaths) == [0, 0, 1]  # what the fixture promises, read independently
+    dry = deaths.index(0)
+    run_dir = tmp_path / "runs" / "run"
+
+    assert load_main(SUBMIT)(tiny_args(one_death_shards, run_dir, folds)) == 2
+
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {says.format(shards=one_death_shards, dry=dry)}\n"
+    assert captured.out == "" and not (tmp_path / "runs").exists()
+
+
 # --------------------------------------------------------------------------- the report
 
 
