@@ -46,7 +46,7 @@ import pandas as pd
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, config_digest, load_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, MODULATION, PREDICTIONS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, MODULATION, PREDICTIONS, fold_dir, has_metrics
 from hpc_pgo.survival import fold_cindex, patient_hazards, read_predictions, summarize_cindex
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def collect_folds(
     missing: list[int] = []
     for k in folds:
         out = fold_dir(run_dir, k)
-        if (out / ERROR).is_file() and not (out / METRICS).is_file():
+        if (out / ERROR).is_file() and not has_metrics(out):
             failed[k] = first_line((out / ERROR).read_text(encoding="utf-8", errors="replace"))
         elif (out / PREDICTIONS).is_file():
             try:

@@ -21,6 +21,7 @@ the submission make and undoes them (``rollback``), or drops its backups (``comm
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -33,6 +34,7 @@ from hpc_pgo.config import CONFIG_FILE, config_digest, save_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import (
     ERROR,
+    METRICS,
     finished_or_unrecorded,
     fold_dir,
     read_metrics,
@@ -40,6 +42,8 @@ from hpc_pgo.fold_outputs import (
 )
 
 SUBMITIT_DIR = "submitit"
+
+log = logging.getLogger(__name__)
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -204,7 +208,8 @@ def prepare_run_dir(
 
     Writes config.yaml (atomically), creates fold_<k>/ for every fold and submitit/, and
     removes a stale error.txt of each fold about to run, and of each finished fold (its
-    metrics.json says it finished after that error). Finished folds
+    metrics.json says it finished after that error), and a garbled metrics.json (not JSON, not
+    an object: hpc_pgo.fold_outputs.has_metrics), whose fold is not finished and runs again. Finished folds
     (hpc_pgo.fold_outputs.finished_or_unrecorded) are left out unless cfg.force. With force=true every selected fold starts from nothing: its directory
     (checkpoints of a possibly different config included) is emptied first, and the config is
     saved with force=false, so that a requeued fold resumes instead of restarting. With
@@ -227,7 +232,14 @@ def prepare_run_dir(
             changes.remove_tree(out)
         changes.mkdir(out)
         changes.remove_file(out / ERROR)  # never beside metrics.json, never before a rerun
-        if finished_or_unrecorded(read_metrics(out), digest):
+        metrics = read_metrics(out)
+        if metrics is None and (out / METRICS).is_file():
+            # garbled (not JSON, not an object): not finished; the fold trains again and writes
+            # a new one (atomically); until then nothing may take the old file for "done"
+            log.warning("%s is not a readable metrics object: fold %d runs again", out / METRICS,
+                        fold)  # fmt: skip
+            changes.remove_file(out / METRICS)
+        if finished_or_unrecorded(metrics, digest):
             continue
         todo.append(int(fold))
     if own:

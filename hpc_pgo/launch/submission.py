@@ -32,7 +32,7 @@ from tqdm import tqdm
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, compose, resolve_run_dir, save_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, fold_dir, has_metrics
 from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array, slurm_alive
 from hpc_pgo.launch.locks import RunDirLock, claim_submitted, describe, fold_holder
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
@@ -302,7 +302,7 @@ def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]
         recorded.add(i)
         task = array.tasks[i]
         out = fold_dir(task.run_dir, task.fold)
-        if (out / ERROR).exists() or (out / METRICS).exists():
+        if (out / ERROR).exists() or has_metrics(out):
             continue
         holder = fold_holder(out)
         if holder is not None and holder.get("job") != array.jobs[i].job_id:
@@ -361,7 +361,7 @@ def cancel(submission: Submission, why: str) -> int:
     cancelled = array.cancel()
     for i in cancelled:
         out = fold_dir(array.tasks[i].run_dir, array.tasks[i].fold)
-        if not (out / METRICS).exists() and not (out / ERROR).exists():
+        if not has_metrics(out) and not (out / ERROR).exists():
             write_text(
                 out / ERROR,
                 f"job {array.jobs[i].job_id}: cancelled ({why}); the same command resumes it "

@@ -407,6 +407,50 @@ def test_a_rerun_never_leaves_error_txt_beside_metrics_json(tmp_path: Path):
     assert not (tmp_path / "fold_0" / "error.txt").exists()
 
 
+@pytest.mark.slow
+def test_a_garbled_metrics_json_is_not_a_finished_fold_and_the_rerun_replaces_it(
+    demo_shards: Path, tmp_path: Path, caplog
+):
+    """Issue 21: a metrics.json that does not read (not JSON) counted as "done" at once: submit
+    exited 0, its fold task ended with the launcher and the file stayed garbled. It is an
+    unfinished fold: the same command trains it again (here from its last checkpoint) and the
+    new metrics.json, written atomically, replaces it."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(demo_shards, run_dir, "folds=0")
+    first = submit(args)
+    assert wait(first, progress=False, poll_s=0.2, timeout_s=GUARD_S) == {"done": 1, "failed": 0}
+    metrics = run_dir / "fold_0" / "metrics.json"
+    good = json.loads(metrics.read_text())
+    metrics.write_text(metrics.read_text()[:20])  # cut short, e.g. a full disk
+
+    with caplog.at_level("WARNING", logger="hpc_pgo.launch.rundir"):
+        again = submit(args)
+    assert [t.fold for t in again.array.tasks] == [0] and again.skipped == []
+    assert f"{metrics} is not a readable metrics object: fold 0 runs again" in caplog.messages
+    assert wait(again, progress=False, poll_s=0.2, timeout_s=GUARD_S) == {"done": 1, "failed": 0}
+    rewritten = json.loads(metrics.read_text())
+    assert rewritten["config_digest"] == good["config_digest"] == config_digest(again.runs[0][2])
+    assert rewritten["cindex"] == good["cindex"]  # the same fold, resumed at its end
+    assert not (run_dir / "fold_0" / "error.txt").exists()
+
+
+@pytest.mark.parametrize("garbled", ['{"c_index": 0.7', "[0.7]", '"done"', "\xff\xfe"])
+def test_a_garbled_metrics_json_is_neither_done_nor_skipped(tmp_path: Path, garbled: str):
+    """The rule behind the case above, for every garbled shape: not JSON, JSON that is not an
+    object, bytes that are not text. The launcher's state is not done; a submission runs the
+    fold and removes the file first (so nothing reads it meanwhile)."""
+    from hpc_pgo.launch.executors import DONE, fold_state
+    from hpc_pgo.launch.task import FoldTask
+
+    cfg = compose(["folds=0", f"run_dir={tmp_path}"])
+    prepare_run_dir(cfg, tmp_path)
+    metrics = tmp_path / "fold_0" / "metrics.json"
+    metrics.write_bytes(garbled.encode("latin-1"))
+    assert fold_state(FoldTask(tmp_path, 0), None) != DONE
+    assert prepare_run_dir(cfg, tmp_path) == [0]
+    assert not metrics.exists()
+
+
 # --------------------------------------------------------------------------- bad scheduler requests
 
 
