@@ -93,9 +93,11 @@ def collect_folds(
     """(predictions by fold, failed fold -> error line, missing folds) of a run directory.
 
     A fold with error.txt is failed, unless its metrics.json says it finished later (a fold
-    that was rerun); a fold whose predictions.csv does not pass read_predictions is failed with
+    that was rerun); a fold whose predictions.csv does not pass read_predictions, or holds a row
+    of a patient who is not one of that fold's test patients (``stray_rows``), is failed with
     that error; a fold with neither file is missing.
     """
+    splits = fold_test_splits(run_dir)
     preds: dict[int, pd.DataFrame] = {}
     failed: dict[int, str] = {}
     missing: list[int] = []
@@ -105,12 +107,61 @@ def collect_folds(
             failed[k] = first_line((out / ERROR).read_text(encoding="utf-8", errors="replace"))
         elif (out / PREDICTIONS).is_file():
             try:
-                preds[k] = read_predictions(out / PREDICTIONS)
+                df = read_predictions(out / PREDICTIONS)
+                if splits is not None:
+                    stray_rows(df, out / PREDICTIONS, k, *splits)
+                preds[k] = df
             except PgoError as err:
                 failed[k] = str(err)
         else:
             missing.append(k)
     return preds, failed, missing
+
+
+def fold_test_splits(run_dir: Path) -> tuple[Path, dict] | None:
+    """(shard set, its manifest) of the run's config.yaml (data.shards), whose splits.folds[k]
+    ["test"] are the patients fold k may have predictions for; None for a folder without a
+    config.yaml (prediction files from elsewhere) and when that shard set is no longer there
+    (a warning: the rows are then not checked). PgoError for a manifest that does not read or
+    was edited since it was written (it is what the rows are checked against)."""
+    from hpc_pgo.data.shards import MANIFEST, read_manifest
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        return None
+    shards = Path(str(load_config(run_dir).data.shards))
+    if not (shards / MANIFEST).is_file():
+        log.warning(
+            "%s: shard set %s (data.shards) has no %s: the prediction rows are not checked "
+            "against its test splits", run_dir, shards, MANIFEST,
+        )  # fmt: skip
+        return None
+    return shards, read_manifest(shards)
+
+
+def stray_rows(df: pd.DataFrame, path: Path, fold: int, shards: Path, manifest: Mapping) -> None:
+    """PgoError naming the file, the line and the patient of the first prediction row whose
+    patient is not a test patient of `fold` in the shard set's manifest (a train patient, one
+    of no split, a fold the manifest does not have): such a row changes the fold's C-index."""
+    folds = (manifest.get("splits") or {}).get("folds") or []
+    if not 0 <= fold < len(folds):
+        raise PgoError(
+            f"{path}: fold {fold} is not a split of shard set {shards} ({len(folds)} splits in "
+            "its manifest.json); valid: predictions of a fold of that shard set"
+        )
+    test = set(folds[fold]["test"])
+    stray = ~df["patient"].isin(test).to_numpy()
+    if stray.any():
+        i = int(stray.argmax())
+        patient = df["patient"].iloc[i]
+        what = (
+            "a train patient of that fold" if patient in set(folds[fold]["train"])
+            else "in neither split of that fold"
+        )  # fmt: skip
+        raise PgoError(
+            f"{path}, line {i + 2}: patient {patient!r} is not a test patient of fold {fold} "
+            f"(shard set {shards}: {what}; {int(stray.sum())} such row(s)); valid: rows of the "
+            f"fold's {len(test)} test patients only"
+        )
 
 
 def _finite_or_none(value: float) -> float | None:
