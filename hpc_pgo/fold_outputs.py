@@ -19,8 +19,9 @@ Layout, in ``fold_dir(run_dir, k)`` = ``<run_dir>/fold_<k>/``:
     .lock              LOCK          the claim of the job training the fold (hpc_pgo.launch.locks)
 
 A finished fold has predictions.csv and metrics.json, and never an error.txt beside them (a
-stale one is removed). metrics.json present means the fold entry has returned (the launcher's
-job status "done"); "finished" also looks at the config digest it records:
+stale one is removed). A readable metrics.json (``has_metrics``: JSON, an object) means the fold
+entry has returned (the launcher's job status "done"); a garbled one means nothing, and the fold
+is trained again. "finished" also looks at the config digest it records:
 
 - ``finished``: metrics.json records this config's digest. The fold entries return such a
   fold's metrics instead of training it again.
@@ -71,6 +72,13 @@ def read_metrics(out: Path) -> dict | None:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return metrics if isinstance(metrics, dict) else None
+
+
+def has_metrics(out: Path) -> bool:
+    """Whether a fold directory holds a readable metrics.json (read_metrics): the fold entry has
+    returned. A garbled one (not JSON, not an object) does not count: the fold is unfinished,
+    trained again (prepare_run_dir removes the file first) and writes a new one atomically."""
+    return read_metrics(out) is not None
 
 
 def finished(metrics: Mapping[str, Any] | None, digest: str) -> bool:

@@ -24,7 +24,8 @@ over configs/base.yaml (see configs/README.md):
   dotted.key=val  override one key; the value is YAML (0.001, true, null, [genomic], {mail-type: END});
                   an unknown key is an error that names the closest valid keys
   folds=SPEC      which splits to train: all (default), a range 0-14, a list 0,3,7, or one fold 3;
-                  checked against data.n_splits
+                  checked against data.n_splits and the shard set's manifest.json splits; a
+                  fold whose test split holds no death is refused
   sweep=NAME      every configuration of configs/sweep/NAME.yaml x the folds, as ONE array
                   (e.g. sweep=table3); the report prints them side by side
   seeds=[0,1,2]   every configuration x fold x seed as ONE array; the report averages each fold

@@ -17,6 +17,7 @@ Derived values (null in the YAML means "derive"):
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -226,6 +227,25 @@ def _check_choices(cfg: DictConfig) -> None:
             raise PgoError(
                 f"{key}={_shown(value)} is not valid; valid: {', '.join(map(str, valid))}"
             )
+
+
+def _check_finite(cfg: DictConfig) -> None:
+    """Every number of the config is finite: .nan, .inf and -.inf pass the type checks (a float
+    default takes any float) and every bound (nan compares false), then train a fold to NaN."""
+    for key, value in _leaves_of(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PgoError(f"{key}={_shown(value)} is not valid; valid: a finite number")
+
+
+def _leaves_of(tree: object, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every leaf of a container (list items as key.0, key.1, ...)."""
+    if isinstance(tree, dict):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in tree.items()]
+    elif isinstance(tree, list):
+        items = [(f"{prefix}.{i}", v) for i, v in enumerate(tree)]
+    else:
+        return [(prefix, tree)]
+    return [leaf for key, value in items for leaf in _leaves_of(value, key)]
 
 
 def _check_bounds(cfg: DictConfig) -> None:
@@ -452,6 +472,7 @@ def _parse_config_folds(cfg: DictConfig) -> None:
 # balance.mode alone is derived first, so that its choice check sees a name.
 _STEPS: tuple[Callable[[DictConfig], None], ...] = (
     _derive_balance_mode,
+    _check_finite,
     _check_choices,
     _check_bounds,
     _check_below_one,
@@ -471,6 +492,7 @@ _STEPS: tuple[Callable[[DictConfig], None], ...] = (
 # What every launched config (a fold's, MLP-A pretraining's) shares: its value checks, its
 # executor and its DeepSpeed batch keys. Other top files (configs/pretrain.yaml) finish with these.
 LAUNCH_STEPS: tuple[Callable[[DictConfig], None], ...] = (
+    _check_finite,
     _check_choices,
     _check_bounds,
     _check_name,

@@ -503,6 +503,7 @@ def write_shards(
         if inputs.file_splits is not None
         else SPLITTERS[splits["kind"]](splits, sorted(kept))
     )
+    _warn_deathless_tests(spec["cohort"], folds, patients)
     split_record = {"kind": splits["kind"], "source": source, "folds": folds}
     if inputs.file_splits is not None:  # fold i is the file's column columns[i]
         split_record.update(columns=inputs.split_columns, sha256=inputs.split_sha256)
@@ -526,6 +527,18 @@ def write_shards(
         "missing": spec["missing"],
         "spec": dict(spec),
     }
+
+
+def _warn_deathless_tests(cohort: str, folds: list, patients: Mapping[str, Mapping]) -> None:
+    """A logged warning per split whose test patients hold no death: that fold's C-index is
+    undefined (launch/submit.py refuses the fold). The shard set is still written."""
+    for k, fold in enumerate(folds):
+        if not any(patients[p]["event"] == 1 for p in fold["test"]):
+            log.warning(
+                "cohort %s: split %d (fold %d) has no death among its %d test patients: its "
+                "C-index is undefined, and launch/submit.py refuses folds=%d on this shard set",
+                cohort, k, k, len(fold["test"]), k,
+            )  # fmt: skip
 
 
 def build_cohort(

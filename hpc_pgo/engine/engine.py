@@ -23,12 +23,14 @@ Precision: deepspeed.dtype (fp32 | bf16 | auto = bf16 on CUDA, fp32 on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import pickle
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -422,12 +424,14 @@ def save_checkpoint(
 
 def load_checkpoint(ds_engine: Any, directory: str | os.PathLike) -> dict[str, Any]:
     """Load the checkpoint that ``directory/latest`` names into ds_engine (model, optimizer,
-    schedule, step). Returns the client_state given to ``save_checkpoint``. The files are our own
-    (DeepSpeed pickles optimizer state): load only checkpoints you wrote.
+    schedule, step). Returns the client_state given to ``save_checkpoint``. Every file is read
+    with torch.load(weights_only=True) (``_safe_loads``): a file whose pickle would build any
+    other object (run code) is refused, naming it, before anything of it runs.
 
     Raises PgoError, naming the checkpoint directory, when there is no ``latest``, when the tag
-    it names is not there (listing the tags that are), and when a file of the checkpoint does not
-    load (a truncated or corrupt file: named, with the loader's first line).
+    it names is not there (listing the tags that are), when a file of the checkpoint pickles a
+    type that is not allowed (named, with the globals it names), and when a file does not load (a
+    truncated or corrupt file: named, with the loader's first line).
     """
     directory = Path(directory)
     latest = directory / "latest"
@@ -442,9 +446,20 @@ def load_checkpoint(ds_engine: Any, directory: str | os.PathLike) -> dict[str, A
             "(written by Engine.save), or no checkpoints directory to start the fold afresh"
         )
     try:
-        path, client_state = ds_engine.load_checkpoint(str(directory), tag=tag)
+        with _safe_loads(ds_engine) as refused:
+            path, client_state = ds_engine.load_checkpoint(str(directory), tag=tag)
     except Exception as err:  # torch.load, unpickling, DeepSpeed's asserts: one line with the path
         cause = f"{type(err).__name__}: {_first_line(err)}"
+        if refused:
+            file, names = refused[0]
+            raise PgoError(
+                f"{file}: a file of checkpoint {tag!r} in {directory} pickles "
+                f"{', '.join(names) or 'objects'}, which a checkpoint written by Engine.save never "
+                "holds; refused without unpickling it (checkpoints load with torch.load("
+                "weights_only=True) and only tensors, containers and DeepSpeed's own state types); "
+                "valid: a checkpoint written by Engine.save (remove the checkpoints directory to "
+                "start the fold afresh)"
+            ) from err
         culprit = _unreadable_file(directory / tag)
         if culprit is not None:
             raise PgoError(
@@ -459,6 +474,53 @@ def load_checkpoint(ds_engine: Any, directory: str | os.PathLike) -> dict[str, A
     if path is None:
         raise PgoError(f"{directory}/{tag}: DeepSpeed found no loadable checkpoint there")
     return dict((client_state or {}).get(_CLIENT_KEY, {}))
+
+
+def _safe_globals() -> list:
+    """The non-tensor types DeepSpeed pickles into its checkpoints (ZeRO 1/2 optimizer states),
+    allowed to torch.load(weights_only=True): plain state holders, no code runs to build them."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def _safe_loads(ds_engine: Any) -> Iterator[list[tuple[Path, list[str]]]]:
+    """While open, every file DeepSpeed loads through ds_engine's checkpoint engine is read with
+    torch.load(weights_only=True) and ``_safe_globals`` (DeepSpeed's own loader passes
+    weights_only=False: a planted file would run code as the training user). A file that the
+    restricted unpickler refuses is appended to the yielded list as (path, the globals it names)
+    before the error propagates."""
+    checkpoint_engine = ds_engine.checkpoint_engine
+    refused: list[tuple[Path, list[str]]] = []
+    allowed = _safe_globals()
+
+    def load(path: str, map_location: Any = None) -> Any:
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            refused.append((Path(path), _unsafe_globals(Path(path), allowed)))
+            raise
+
+    checkpoint_engine.load = load  # this instance only, for the duration of one load
+    try:
+        yield refused
+    finally:
+        del checkpoint_engine.load
+
+
+def _unsafe_globals(file: Path, allowed: list) -> list[str]:
+    """The globals a torch archive's pickles name beyond torch's and ``allowed`` (read with
+    pickletools, nothing is executed); empty when the file cannot be scanned."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception:  # a legacy (non-zip) file or a broken archive: no names to give
+        return []
+    ok = {f"{t.__module__}.{t.__qualname__}" for t in allowed}
+    return [name for name in names if name not in ok]
 
 
 def _unreadable_file(checkpoint: Path) -> Path | None:

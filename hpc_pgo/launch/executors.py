@@ -39,7 +39,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, fold_dir, has_metrics
 from hpc_pgo.launch.locks import fold_holder
 from hpc_pgo.launch.task import FoldChain, FoldTask, children
 
@@ -53,13 +53,13 @@ REPORT_TIME_MIN = 30  # wall time of the aggregation job
 def fold_state(task: FoldTask, job: submitit.Job | None, chained: bool = False) -> str:
     """A fold's state from its files first (they survive requeues), then from its job.
 
-    done: metrics.json exists (the fold entry writes it last); failed: error.txt exists, or the
+    done: a readable metrics.json (the fold entry writes it last; has_metrics); failed: error.txt exists, or the
     job ended without metrics.json; running: the job is queued or running; pending: not submitted.
     chained: the job trains several folds in turn (FoldChain); a fold of it is running once the
     job has claimed it (its lock record names the job), pending before.
     """
     out = fold_dir(task.run_dir, task.fold)
-    if (out / METRICS).is_file():
+    if has_metrics(out):
         return DONE
     if (out / ERROR).is_file():
         return FAILED
@@ -71,7 +71,7 @@ def fold_state(task: FoldTask, job: submitit.Job | None, chained: bool = False) 
             return RUNNING if holder is not None and holder.get("job") == job.job_id else PENDING
         return RUNNING
     # the job ended: a fold entry that returned without metrics.json (e.g. killed) failed too
-    return DONE if (out / METRICS).is_file() else FAILED
+    return DONE if has_metrics(out) else FAILED
 
 
 # a tqdm line of a job's stderr: "fold 0:  43%|####  | 6/14 [00:02<00:03, 2.4step/s]", or any

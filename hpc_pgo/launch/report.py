@@ -42,11 +42,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, config_digest, load_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, MODULATION, PREDICTIONS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, MODULATION, PREDICTIONS, fold_dir, has_metrics
 from hpc_pgo.launch.replicates import SEED_DIR, paired_seed_noise, read_seeds, seed_summary
 from hpc_pgo.launch.selection import SELECTION_FILE, write_selection
 from hpc_pgo.survival import fold_cindex, patient_hazards, read_predictions, summarize_cindex
@@ -97,24 +98,94 @@ def collect_folds(
     """(predictions by fold, failed fold -> error line, missing folds) of a run directory.
 
     A fold with error.txt is failed, unless its metrics.json says it finished later (a fold
-    that was rerun); a fold whose predictions.csv does not pass read_predictions is failed with
+    that was rerun); a fold whose predictions.csv does not pass read_predictions, or holds a row
+    of a patient who is not one of that fold's test patients (``stray_rows``), is failed with
     that error; a fold with neither file is missing.
     """
+    splits = fold_test_splits(run_dir)
     preds: dict[int, pd.DataFrame] = {}
     failed: dict[int, str] = {}
     missing: list[int] = []
     for k in folds:
         out = fold_dir(run_dir, k)
-        if (out / ERROR).is_file() and not (out / METRICS).is_file():
+        if (out / ERROR).is_file() and not has_metrics(out):
             failed[k] = first_line((out / ERROR).read_text(encoding="utf-8", errors="replace"))
         elif (out / PREDICTIONS).is_file():
             try:
-                preds[k] = read_predictions(out / PREDICTIONS)
+                df = read_predictions(out / PREDICTIONS)
+                if splits is not None:
+                    stray_rows(df, out / PREDICTIONS, k, *splits)
+                preds[k] = df
             except PgoError as err:
                 failed[k] = str(err)
         else:
             missing.append(k)
     return preds, failed, missing
+
+
+def fold_test_splits(run_dir: Path) -> tuple[Path, dict, tuple[int, int, int] | None] | None:
+    """(shard set, its manifest, inner) of the run's config.yaml (data.shards; inner: (inner.folds,
+    inner.fold, inner.seed) of an inner training, else None),
+    whose splits.folds[k]["test"] are the patients fold k may have predictions for (for an inner
+    training of nested selection, its part of fold k's train patients); None for a folder without a
+    config.yaml (prediction files from elsewhere) and when that shard set is no longer there
+    (a warning: the rows are then not checked). PgoError for a manifest that does not read or
+    was edited since it was written (it is what the rows are checked against)."""
+    from hpc_pgo.data.shards import MANIFEST, read_manifest
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        return None
+    cfg = load_config(run_dir)
+    shards = Path(str(cfg.data.shards))
+    if not (shards / MANIFEST).is_file():
+        log.warning(
+            "%s: shard set %s (data.shards) has no %s: the prediction rows are not checked "
+            "against its test splits", run_dir, shards, MANIFEST,
+        )  # fmt: skip
+        return None
+    part = OmegaConf.select(cfg, "inner.fold")
+    inner = None if part is None else (int(cfg.inner.folds), int(part), int(cfg.inner.seed))
+    return shards, read_manifest(shards), inner
+
+
+def stray_rows(
+    df: pd.DataFrame,
+    path: Path,
+    fold: int,
+    shards: Path,
+    manifest: Mapping,
+    inner: tuple[int, int, int] | None = None,
+) -> None:
+    """PgoError naming the file, the line and the patient of the first prediction row whose
+    patient is not a test patient of `fold` in the shard set's manifest (a train patient, one
+    of no split, a fold the manifest does not have): such a row changes the fold's C-index.
+    With `inner` = (K, part, seed) (an inner training of nested selection) the test patients are
+    that part of the fold's train patients (hpc_pgo.data.inner, as the training opened them)."""
+    folds = (manifest.get("splits") or {}).get("folds") or []
+    if not 0 <= fold < len(folds):
+        raise PgoError(
+            f"{path}: fold {fold} is not a split of shard set {shards} ({len(folds)} splits in "
+            "its manifest.json); valid: predictions of a fold of that shard set"
+        )
+    test = set(folds[fold]["test"])
+    if inner is not None:
+        from hpc_pgo.data.folds import open_fold
+        from hpc_pgo.data.inner import InnerFold
+
+        test = set(open_fold(shards, InnerFold(fold, inner[0], inner[1], inner[2])).test)
+    stray = ~df["patient"].isin(test).to_numpy()
+    if stray.any():
+        i = int(stray.argmax())
+        patient = df["patient"].iloc[i]
+        what = (
+            "a train patient of that fold" if patient in set(folds[fold]["train"])
+            else "in neither split of that fold"
+        )  # fmt: skip
+        raise PgoError(
+            f"{path}, line {i + 2}: patient {patient!r} is not a test patient of fold {fold} "
+            f"(shard set {shards}: {what}; {int(stray.sum())} such row(s)); valid: rows of the "
+            f"fold's {len(test)} test patients only"
+        )
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -21,16 +21,20 @@ the submission make and undoes them (``rollback``), or drops its backups (``comm
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from hpc_pgo.config import CONFIG_FILE, config_digest, save_config
+from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import (
     ERROR,
+    METRICS,
     finished_or_unrecorded,
     fold_dir,
     read_metrics,
@@ -39,13 +43,60 @@ from hpc_pgo.fold_outputs import (
 
 SUBMITIT_DIR = "submitit"
 
+log = logging.getLogger(__name__)
+
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse a run_dir whose config.yaml has another digest than cfg, unless cfg.force.
+    """Refuse a run_dir that cannot be a directory (check_run_dir_path), and one whose
+    config.yaml has another digest than cfg, unless cfg.force.
 
     Raises PgoError naming the directory, the first differing keys and the ways out.
     """
+    check_run_dir_path(run_dir)
     refuse_other_config(cfg, run_dir, f"run_dir {run_dir} holds another config", "override")
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    """PgoError when run_dir exists and is not a directory (a file, /dev/null), or when the
+    nearest path above it that exists is not a directory (run_dir under a file). Reads only."""
+    path = Path(run_dir)
+    valid = "valid: a directory, or a path whose nearest existing parent is one (run_dir=...)"
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise PgoError(f"run_dir {path} is {_kind(path)}, not a directory; {valid}")
+        return
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise PgoError(
+                    f"run_dir {path} is under {parent}, which is {_kind(parent)}, not a "
+                    f"directory; {valid}"
+                )
+            return
+
+
+def _kind(path: Path) -> str:
+    """What a path that is not a directory is, for a refusal."""
+    if not path.exists():
+        return "a dangling symbolic link"
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+    ):  # fmt: skip
+        if test(mode):
+            return name
+    return "a file"
+
+
+def unwritable(run_dir: Path, err: OSError) -> PgoError:
+    """The refusal of a run_dir that could not be created or written (err: what the write
+    raised); the caller has put the run_dir back as it found it."""
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(run_dir) else ""
+    return PgoError(
+        f"run_dir {run_dir} cannot be created or written: {err.strerror or err}{where}; nothing "
+        "was submitted and the run_dir is as it was; valid: a run_dir you can create and write"
+    )
 
 
 class RunDirChanges:
@@ -157,7 +208,8 @@ def prepare_run_dir(
 
     Writes config.yaml (atomically), creates fold_<k>/ for every fold and submitit/, and
     removes a stale error.txt of each fold about to run, and of each finished fold (its
-    metrics.json says it finished after that error). Finished folds
+    metrics.json says it finished after that error), and a garbled metrics.json (not JSON, not
+    an object: hpc_pgo.fold_outputs.has_metrics), whose fold is not finished and runs again. Finished folds
     (hpc_pgo.fold_outputs.finished_or_unrecorded) are left out unless cfg.force. With force=true every selected fold starts from nothing: its directory
     (checkpoints of a possibly different config included) is emptied first, and the config is
     saved with force=false, so that a requeued fold resumes instead of restarting. With
@@ -180,7 +232,14 @@ def prepare_run_dir(
             changes.remove_tree(out)
         changes.mkdir(out)
         changes.remove_file(out / ERROR)  # never beside metrics.json, never before a rerun
-        if finished_or_unrecorded(read_metrics(out), digest):
+        metrics = read_metrics(out)
+        if metrics is None and (out / METRICS).is_file():
+            # garbled (not JSON, not an object): not finished; the fold trains again and writes
+            # a new one (atomically); until then nothing may take the old file for "done"
+            log.warning("%s is not a readable metrics object: fold %d runs again", out / METRICS,
+                        fold)  # fmt: skip
+            changes.remove_file(out / METRICS)
+        if finished_or_unrecorded(metrics, digest):
             continue
         todo.append(int(fold))
     if own:

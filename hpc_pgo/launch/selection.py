@@ -26,7 +26,7 @@ from pathlib import Path
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, load_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, PREDICTIONS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, METRICS, PREDICTIONS, fold_dir, has_metrics
 from hpc_pgo.launch.replicates import INNER_DIR, SEED_DIR, read_seeds
 from hpc_pgo.survival import fold_cindex, read_predictions
 
@@ -51,7 +51,7 @@ def choose(inner: Mapping[str, Sequence[float]]) -> str:
 
 def _state(out: Path) -> tuple[str, str | None]:
     """("done", None) | ("failed", error line) | ("missing", None) of one fold directory."""
-    if (out / METRICS).is_file() and (out / PREDICTIONS).is_file():
+    if has_metrics(out) and (out / PREDICTIONS).is_file():
         return "done", None
     if (out / ERROR).is_file():
         lines = (out / ERROR).read_text(encoding="utf-8", errors="replace").splitlines()

@@ -32,12 +32,18 @@ from tqdm import tqdm
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, compose, resolve_run_dir, save_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, fold_dir, has_metrics
 from hpc_pgo.launch.executors import DONE, FAILED, RUNNING, Array, launch_array, slurm_alive
 from hpc_pgo.launch.locks import RunDirLock, claim_submitted, describe, fold_holder
 from hpc_pgo.launch.replicates import SEEDS_FILE, expand
 from hpc_pgo.launch.report import SWEEP_FILE, ReportJob, report
-from hpc_pgo.launch.rundir import SUBMITIT_DIR, RunDirChanges, check_run_dir, prepare_run_dir
+from hpc_pgo.launch.rundir import (
+    SUBMITIT_DIR,
+    RunDirChanges,
+    check_run_dir,
+    prepare_run_dir,
+    unwritable,
+)
 from hpc_pgo.launch.sweep import compose_sweep, load_sweep
 from hpc_pgo.launch.task import FoldTask, ProcessId, resolve_fold_fn
 
@@ -74,7 +80,7 @@ class Submission:
 
 def check_shards(cfg: DictConfig) -> None:
     """PgoError naming the shard set path and the pgo-shards command that builds it, if missing;
-    then check_rna_inputs."""
+    then check_fold_splits and check_rna_inputs."""
     path = Path(str(cfg.data.shards))
     if not (path / MANIFEST).is_file():
         hint = BUILD_HINTS.get(str(cfg.groups.data), _DEFAULT_HINT).format(path=path)
@@ -82,7 +88,44 @@ def check_shards(cfg: DictConfig) -> None:
             f"data={cfg.groups.data}: shard set {path} has no {MANIFEST} (data.shards); build it "
             f"with: {hint}"
         )
+    check_fold_splits(cfg, path)
     check_rna_inputs(cfg, path)
+
+
+def check_fold_splits(cfg: DictConfig, path: Path) -> None:
+    """The selected folds against the shard set's own splits (manifest.json splits.folds), not
+    only against data.n_splits (the config's word for it): each fold must be one of its splits,
+    and its test split must hold a death (Harrell's C over a test set without one is undefined:
+    the fold would train, then fail). PgoError naming the fold and the shard set."""
+    from hpc_pgo.config.folds import format_folds
+    from hpc_pgo.data.shards import read_manifest
+
+    manifest = read_manifest(path, check_digest=False)  # the fold itself refuses an edited one
+    splits = manifest.get("splits")
+    folds = splits.get("folds") if isinstance(splits, dict) else None
+    if not isinstance(folds, list):
+        raise PgoError(
+            f"{path / MANIFEST}: no splits.folds list; valid: a shard set built by pgo-shards "
+            "build or demo"
+        )
+    outside = [k for k in cfg.folds if k >= len(folds)]
+    if outside:
+        valid = f"folds within {format_folds(range(len(folds)))}" if folds else "none"
+        raise PgoError(
+            f"folds={format_folds(cfg.folds)}: fold(s) {format_folds(outside)} out of range for "
+            f"shard set {path}, whose {MANIFEST} has {len(folds)} splits (data.n_splits="
+            f"{cfg.data.n_splits} does not match it); valid: {valid}, with data.n_splits="
+            f"{len(folds)}"
+        )
+    patients = manifest.get("patients") or {}
+    for k in cfg.folds:
+        test = list((folds[k] or {}).get("test") or [])
+        if not any(int((patients.get(p) or {}).get("event", 0)) == 1 for p in test):
+            raise PgoError(
+                f"fold {k}: the test split of shard set {path} ({len(test)} patients) has no "
+                f"death (event 1 in its {MANIFEST}), so the fold's C-index is undefined; valid: "
+                f"leave fold {k} out of folds=, or rebuild the shard set with other splits"
+            )
 
 
 def check_rna_inputs(cfg: DictConfig, path: Path) -> None:
@@ -209,11 +252,13 @@ def submit(
         check_slurm_answers()
 
     changes = RunDirChanges()
-    changes.mkdir(run_dir)
     try:
+        changes.mkdir(run_dir)
         lock = RunDirLock.acquire(run_dir)
-    except BaseException:
+    except BaseException as err:
         changes.rollback()
+        if isinstance(err, OSError):
+            raise unwritable(run_dir, err) from err
         raise
     try:
         # under the lock: what another submission did meanwhile counts
@@ -228,11 +273,13 @@ def submit(
         # the ranks of local folds end with this process when it waits for them
         launcher = ProcessId.current() if local and top.wait else None
         submission = _write_and_submit(top, run_dir, runs, sweep, changes, launcher)
-    except BaseException:
+    except BaseException as err:
         try:
             changes.rollback()
         finally:
             lock.release()
+        if isinstance(err, OSError):
+            raise unwritable(run_dir, err) from err
         raise
     changes.commit()
     if local and top.wait:
@@ -305,7 +352,7 @@ def _record_scheduler_errors(array: Array, states: list[str], recorded: set[int]
         recorded.add(i)
         task = array.tasks[i]
         out = fold_dir(task.run_dir, task.fold)
-        if (out / ERROR).exists() or (out / METRICS).exists():
+        if (out / ERROR).exists() or has_metrics(out):
             continue
         holder = fold_holder(out)
         if holder is not None and holder.get("job") != array.jobs[i].job_id:
@@ -364,7 +411,7 @@ def cancel(submission: Submission, why: str) -> int:
     cancelled = array.cancel()
     for i in cancelled:
         out = fold_dir(array.tasks[i].run_dir, array.tasks[i].fold)
-        if not (out / METRICS).exists() and not (out / ERROR).exists():
+        if not has_metrics(out) and not (out / ERROR).exists():
             write_text(
                 out / ERROR,
                 f"job {array.jobs[i].job_id}: cancelled ({why}); the same command resumes it "

@@ -43,7 +43,7 @@ import submitit
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import load_config
 from hpc_pgo.errors import PgoError
-from hpc_pgo.fold_outputs import ERROR, METRICS, fold_dir
+from hpc_pgo.fold_outputs import ERROR, fold_dir, has_metrics
 from hpc_pgo.launch.env import export_rendezvous
 from hpc_pgo.launch.locks import FoldBusy, FoldLock
 from hpc_pgo.launch.plan import plan_array
@@ -290,7 +290,7 @@ class FoldTask:
                     # stopped by the signal, or by its own budget (train.stop_after_minutes):
                     # submitit's handler calls checkpoint(), requeues this array element and exits
                     warning.requeue()
-                if here.rank == 0 and (out / METRICS).is_file():
+                if here.rank == 0 and has_metrics(out):
                     (out / ERROR).unlink(missing_ok=True)  # an earlier try's
                 return result
             except BaseException as err:
@@ -304,7 +304,7 @@ class FoldTask:
         """The watchdog's action: error.txt (rank 0, unless the fold finished), then SIGKILL."""
         pid = self.launcher.pid if self.launcher is not None else "?"
         log.error("fold %d: its launcher (pid %s) ended; this rank stops now", self.fold, pid)
-        if rank == 0 and not (out / METRICS).is_file() and not (out / ERROR).exists():
+        if rank == 0 and not has_metrics(out) and not (out / ERROR).exists():
             write_text(
                 out / ERROR,
                 f"stopped: its launcher (launch/submit.py, pid {pid}) ended, and the local folds "
@@ -374,7 +374,7 @@ class FoldChain:
         left = [
             FoldTask(t.run_dir, t.fold, t.launcher)
             for t in self.tasks
-            if not (fold_dir(Path(t.run_dir), t.fold) / METRICS).is_file()
+            if not has_metrics(fold_dir(Path(t.run_dir), t.fold))
         ]
         log.warning("requeued: folds %s resume from their last checkpoints", [t.fold for t in left])
         return submitit.helpers.DelayedSubmission(FoldChain(left or self.tasks[-1:]))

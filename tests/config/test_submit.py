@@ -75,3 +75,30 @@ def test_bad_input_is_one_error_line_and_exit_2(token, expected):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: {expected}"]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["train.lr=.nan", "train.lr=.inf", "balance.alpha=-.inf", "train.weight_decay=.NaN",
+     "train.stop_after_minutes=.inf", "coxph.penalizer=.nan"],
+)  # fmt: skip
+def test_a_non_finite_number_in_any_float_key_is_refused_naming_it(token):
+    """Issue 21: .nan and .inf are floats, so they passed the type check of every float key and
+    every bound (nan compares false); a fold then trained to NaN."""
+    from hpc_pgo.config import compose
+    from hpc_pgo.errors import PgoError
+
+    key = token.split("=")[0]
+    with pytest.raises(PgoError) as caught:
+        compose([token])
+    message = str(caught.value)
+    assert message.startswith(f"{key}=") and message.endswith("valid: a finite number")
+    assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_a_non_finite_learning_rate_exits_2_and_writes_nothing(tmp_path):
+    result = run_submit("train.lr=.nan", "folds=0", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["error: train.lr=nan is not valid; valid: a finite number"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ read-only, a tmpfs too small for the build), real split files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -159,6 +160,31 @@ def test_bad_split_numbering_is_one_error_line(tmp_path: Path, capsys, case: str
     assert (
         "valid: 'Randomization - {k}' numbered 1..n" in line or "numbered 1..n (or 0..n-1)" in line
     )
+
+
+def test_a_test_split_without_a_death_is_a_warning_naming_the_split(
+    tmp_path: Path, capsys, caplog
+) -> None:
+    """Issue 21: a split whose test patients hold no death (its fold's C-index is undefined)
+    was written silently. The build still succeeds, with one warning per such split."""
+    table = porpoise_table().assign(censorship=1)  # PORPOISE: censorship 1 = alive
+    table.loc[table["case_id"] == table["case_id"].iloc[0], "censorship"] = 0  # one death
+    table.to_csv(tmp_path / "kirc.csv", index=True)
+    out = tmp_path / "kfold3"
+    args = ["build", *porpoise_flags(tmp_path / "kirc.csv"), "--splits", "kfold:3"]
+    with caplog.at_level(logging.WARNING, logger="hpc_pgo.data.build"):
+        code, _, err = _run([*args, "--out", str(out), "--workers", "1"], capsys)
+    assert code == 0, err
+    manifest = read_manifest(out)
+    dry = [k for k, fold in enumerate(manifest["splits"]["folds"])
+           if not any(manifest["patients"][p]["event"] for p in fold["test"])]  # fmt: skip
+    assert len(dry) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"cohort kfold3: split {k} (fold {k}) has no death among its 4 test patients: its "
+        f"C-index is undefined, and launch/submit.py refuses folds={k} on this shard set"
+        for k in dry
+    ]
 
 
 # --------------------------------------------------------------------------- file-system state

@@ -407,6 +407,50 @@ def test_a_rerun_never_leaves_error_txt_beside_metrics_json(tmp_path: Path):
     assert not (tmp_path / "fold_0" / "error.txt").exists()
 
 
+@pytest.mark.slow
+def test_a_garbled_metrics_json_is_not_a_finished_fold_and_the_rerun_replaces_it(
+    demo_shards: Path, tmp_path: Path, caplog
+):
+    """Issue 21: a metrics.json that does not read (not JSON) counted as "done" at once: submit
+    exited 0, its fold task ended with the launcher and the file stayed garbled. It is an
+    unfinished fold: the same command trains it again (here from its last checkpoint) and the
+    new metrics.json, written atomically, replaces it."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(demo_shards, run_dir, "folds=0")
+    first = submit(args)
+    assert wait(first, progress=False, poll_s=0.2, timeout_s=GUARD_S) == {"done": 1, "failed": 0}
+    metrics = run_dir / "fold_0" / "metrics.json"
+    good = json.loads(metrics.read_text())
+    metrics.write_text(metrics.read_text()[:20])  # cut short, e.g. a full disk
+
+    with caplog.at_level("WARNING", logger="hpc_pgo.launch.rundir"):
+        again = submit(args)
+    assert [t.fold for t in again.array.tasks] == [0] and again.skipped == []
+    assert f"{metrics} is not a readable metrics object: fold 0 runs again" in caplog.messages
+    assert wait(again, progress=False, poll_s=0.2, timeout_s=GUARD_S) == {"done": 1, "failed": 0}
+    rewritten = json.loads(metrics.read_text())
+    assert rewritten["config_digest"] == good["config_digest"] == config_digest(again.runs[0][2])
+    assert rewritten["cindex"] == good["cindex"]  # the same fold, resumed at its end
+    assert not (run_dir / "fold_0" / "error.txt").exists()
+
+
+@pytest.mark.parametrize("garbled", ['{"c_index": 0.7', "[0.7]", '"done"', "\xff\xfe"])
+def test_a_garbled_metrics_json_is_neither_done_nor_skipped(tmp_path: Path, garbled: str):
+    """The rule behind the case above, for every garbled shape: not JSON, JSON that is not an
+    object, bytes that are not text. The launcher's state is not done; a submission runs the
+    fold and removes the file first (so nothing reads it meanwhile)."""
+    from hpc_pgo.launch.executors import DONE, fold_state
+    from hpc_pgo.launch.task import FoldTask
+
+    cfg = compose(["folds=0", f"run_dir={tmp_path}"])
+    prepare_run_dir(cfg, tmp_path)
+    metrics = tmp_path / "fold_0" / "metrics.json"
+    metrics.write_bytes(garbled.encode("latin-1"))
+    assert fold_state(FoldTask(tmp_path, 0), None) != DONE
+    assert prepare_run_dir(cfg, tmp_path) == [0]
+    assert not metrics.exists()
+
+
 # --------------------------------------------------------------------------- bad scheduler requests
 
 
@@ -446,6 +490,97 @@ def test_an_sbatch_refusal_is_one_error_line_and_the_run_dir_stays_as_it_was(
     assert tree(tmp_path) == before  # nothing created, removed or changed
     if not existing:
         assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- unusable run dirs
+
+
+@pytest.mark.parametrize("case", ["a-file", "under-a-file", "dev-null", "not-creatable"])
+def test_a_run_dir_that_cannot_be_a_directory_is_one_error_line_exit_2(
+    demo_shards: Path, tmp_path: Path, capsys, case: str
+):
+    """Issue 21: these ended in a traceback, exit 1. Now one line naming the run_dir, exit 2,
+    and nothing is written anywhere (neither at the run_dir nor beside it)."""
+    file = tmp_path / "taken"
+    file.write_text("a file\n")
+    run_dir, says = {
+        "a-file": (file, f"run_dir {file} is a file, not a directory; valid: "),
+        "under-a-file": (file / "runs" / "x",
+                         f"run_dir {file / 'runs' / 'x'} is under {file}, which is a file, not a "
+                         "directory; valid: "),
+        "dev-null": (Path("/dev/null"),
+                     "run_dir /dev/null is a character device, not a directory; valid: "),
+        # /proc refuses new entries, even to root (for whom file modes are no obstacle)
+        "not-creatable": (Path("/proc/pgo-no-such-entry/run"),
+                          "run_dir /proc/pgo-no-such-entry/run cannot be created or written: "),
+    }[case]  # fmt: skip
+    before = tree(tmp_path)
+
+    assert load_main(SUBMIT)(tiny_args(demo_shards, run_dir, "folds=0")) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith(f"error: {says}"), captured.err
+    assert "Traceback" not in captured.err
+    assert tree(tmp_path) == before
+    assert file.read_text() == "a file\n"
+
+
+# --------------------------------------------------------------------------- folds the shards lack
+
+
+@pytest.fixture(scope="module")
+def one_death_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `pgo-shards build` of a 12-patient PORPOISE-layout table with ONE death, in 3
+    k-fold splits: two of the three test splits hold no death."""
+    from hpc_pgo.data.cli import main as pgo_shards
+    from tests.data.conftest import porpoise_flags, porpoise_table, write_porpoise
+
+    root = tmp_path_factory.mktemp("one-death")
+    table = porpoise_table().assign(censorship=1)  # PORPOISE: censorship 1 = alive at last visit
+    table.loc[table["case_id"] == table["case_id"].iloc[0], "censorship"] = 0
+    flags = porpoise_flags(write_porpoise(root / "kirc.csv", table))
+    out = root / "kfold3"
+    assert pgo_shards(["build", *flags, "--splits", "kfold:3", "--out", str(out),
+                       "--workers", "1"]) == 0  # fmt: skip
+    return out
+
+
+def _deaths_by_fold(shards: Path) -> list[int]:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    return [sum(manifest["patients"][p]["event"] for p in fold["test"])
+            for fold in manifest["splits"]["folds"]]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("folds", "says"),
+    [
+        ("folds=1-4", "folds=1-4: fold(s) 3-4 out of range for shard set {shards}, whose "
+                      "manifest.json has 3 splits (data.n_splits=15 does not match it); valid: "
+                      "folds within 0-2, with data.n_splits=3"),
+        ("folds=0-2", "fold {dry}: the test split of shard set {shards} (4 patients) has no death "
+                      "(event 1 in its manifest.json), so the fold's C-index is undefined; valid: "
+                      "leave fold {dry} out of folds=, or rebuild the shard set with other "
+                      "splits"),
+    ],
+    ids=["folds-beyond-the-manifests-splits", "a-test-split-without-a-death"],
+)  # fmt: skip
+def test_folds_the_shard_set_cannot_score_are_refused_before_anything_is_written(
+    one_death_shards: Path, tmp_path: Path, capsys, folds: str, says: str
+):
+    """Issue 21: folds were checked against data.n_splits only (15 by default), and a test split
+    without a death trained the fold to an undefined C-index. Both are refused up front: one
+    line naming the fold(s) and the shard set, exit 2, no run_dir."""
+    deaths = _deaths_by_fold(one_death_shards)
+    assert sorted(deaths) == [0, 0, 1]  # what the fixture promises, read independently
+    dry = deaths.index(0)
+    run_dir = tmp_path / "runs" / "run"
+
+    assert load_main(SUBMIT)(tiny_args(one_death_shards, run_dir, folds)) == 2
+
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {says.format(shards=one_death_shards, dry=dry)}\n"
+    assert captured.out == "" and not (tmp_path / "runs").exists()
 
 
 # --------------------------------------------------------------------------- the report

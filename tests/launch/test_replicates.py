@@ -252,3 +252,21 @@ def test_a_seeded_run_reports_seed_means_the_ensemble_and_the_noise(
     report(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["missing_folds"] == [2] and list(summary["c_index"]["per_fold"]) == ["1"]
+
+
+def test_the_report_checks_an_inner_trainings_rows_against_its_inner_part(
+    demo_shards: Path, tmp_path: Path
+):
+    from hpc_pgo.data.shards import read_manifest
+    from hpc_pgo.launch.report import stray_rows
+
+    manifest = read_manifest(demo_shards)
+    part = open_fold(demo_shards, InnerFold(2, 3, 1)).test
+    rows = pd.DataFrame({"patient": list(part)})
+    stray_rows(rows, tmp_path / "p.csv", 2, demo_shards, manifest, (3, 1, 0))  # its part: fine
+    with pytest.raises(PgoError, match="not a test patient of fold 2"):
+        stray_rows(rows, tmp_path / "p.csv", 2, demo_shards, manifest)  # outer test: refused
+    other = open_fold(demo_shards, InnerFold(2, 3, 0)).test
+    with pytest.raises(PgoError, match="not a test patient of fold 2"):
+        stray_rows(pd.DataFrame({"patient": list(other)}), tmp_path / "p.csv", 2, demo_shards,
+                   manifest, (3, 1, 0))  # fmt: skip

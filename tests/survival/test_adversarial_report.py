@@ -9,6 +9,7 @@ the documented rule), never hpc_pgo's own helpers.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,3 +217,81 @@ def test_report_refuses_a_patient_with_two_outcomes(tmp_path):
     fold1.to_csv(tmp_path / "fold_1" / "predictions.csv", index=False)
     with pytest.raises(PgoError, match=f"patient '{patient}' has different time values"):
         write_report(tmp_path)
+
+
+# --- the report: rows of patients the fold did not test -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory) -> Path:
+    """A real `pgo-shards demo` shard set: 40 patients, 15 random splits of 8 test patients."""
+    from hpc_pgo.data.cli import main as pgo_shards
+
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    assert pgo_shards(["demo", "--out", str(out), "--patients", "40", "--rois", "1",
+                       "--image-size", "16", "--no-progress", "--workers", "1"]) == 0  # fmt: skip
+    return out
+
+
+def write_test_folds(run_dir: Path, shards: Path, folds=(0, 1, 2)) -> dict:
+    """A run directory on `shards` (its config.yaml) whose folds predict exactly their test
+    patients (from the manifest), 1 unit each, hazard = -time + noise. Returns the manifest."""
+    from hpc_pgo.config import compose, save_config
+
+    save_config(compose([f"data.shards={shards}", f"folds={list(folds)}", f"run_dir={run_dir}"]),
+                run_dir)  # fmt: skip
+    manifest = json.loads((shards / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    for k in folds:
+        rows = [
+            {"patient": p, "unit": f"{p}_0", "hazard": -info["time"] + rng.normal(0, 20),
+             "time": info["time"], "event": info["event"]}
+            for p in manifest["splits"]["folds"][k]["test"]
+            for info in [manifest["patients"][p]]
+        ]  # fmt: skip
+        (run_dir / f"fold_{k}").mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(run_dir / f"fold_{k}" / "predictions.csv", index=False)
+    return manifest
+
+
+@pytest.mark.parametrize("who", ["a-train-patient", "a-patient-of-no-split"])
+def test_a_prediction_row_of_a_patient_the_fold_did_not_test_fails_that_fold(
+    tiny_shards, tmp_path, capsys, who
+):
+    """Issue 21: the report scored every row of predictions.csv: a train patient (or anyone)
+    appended to a fold changed its C-index, exit 0. The rows are checked against that fold's
+    test split in the shard set's manifest: the fold is failed, naming the file, the line and
+    the patient (exit 3, as for any failed fold); the other folds are scored as before."""
+    from tests.launch.conftest import REPO_ROOT
+    from tests.launch.test_submit_cli import load_main
+
+    manifest = write_test_folds(tmp_path, tiny_shards)
+    main = load_main(REPO_ROOT / "launch" / "report.py")
+    assert main([str(tmp_path)]) == 0
+    before = json.loads((tmp_path / "summary.json").read_text())["c_index"]["per_fold"]
+    capsys.readouterr()
+
+    file = tmp_path / "fold_1" / "predictions.csv"
+    df = pd.read_csv(file)
+    split = manifest["splits"]["folds"][1]
+    patient = split["train"][0] if who == "a-train-patient" else "DEMO-9999"
+    info = manifest["patients"].get(patient, {"time": 1.0, "event": 1})
+    # a high hazard for an early death: the fold's C-index moves if the row is scored
+    row = {"patient": patient, "unit": f"{patient}_0", "hazard": 1e3, "time": info["time"],
+           "event": info["event"]}  # fmt: skip
+    pd.concat([df, pd.DataFrame([row])], ignore_index=True).to_csv(file, index=False)
+
+    assert main([str(tmp_path)]) == 3
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["incomplete: fold_1: failed"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    what = "a train patient of that fold" if who == "a-train-patient" else "in neither split"
+    assert summary["failed_folds"]["1"].startswith(
+        f"{file}, line {len(df) + 2}: patient {patient!r} is not a test patient of fold 1 "
+        f"(shard set {tiny_shards}: {what}"
+    )
+    assert summary["failed_folds"]["1"].endswith(
+        f"1 such row(s)); valid: rows of the fold's {len(split['test'])} test patients only"
+    )
+    assert summary["c_index"]["per_fold"] == {k: v for k, v in before.items() if k != "1"}
+    assert f"fold 1 FAILED: {file}, line" in (tmp_path / "summary.md").read_text()

@@ -1,7 +1,8 @@
 """Adversarial faults of a fold's inputs (issue 10), kept so that a regression is caught. Classes:
 
-- a checkpoint directory that lies: `latest` naming a step that is not there, a truncated file;
-  both must be one error naming the checkpoint directory (and the tag, or the file);
+- a checkpoint directory that lies: `latest` naming a step that is not there, a truncated file,
+  a file whose pickle runs code (issue 21); each must be one error naming the checkpoint
+  directory (and the tag, or the file), and the planted code must never run;
 - a modulation that never turns on (balance.alpha 0, a start epoch past the last epoch, an empty
   window) while the config says rho: refused when the config is composed and on the direct entry;
 - a hand-written config run by `python -m hpc_pgo.train RUN_DIR --fold K`: it gets the same rules
@@ -89,6 +90,62 @@ def test_truncated_checkpoint_file_is_named(saved_engine):
     # the intact checkpoint still loads (the check reads, it does not change anything)
     state.write_bytes(data)
     assert engine.load(ckpt) == {"epoch": 0}
+
+
+class _Planted:
+    """Unpickling this runs code: it writes `marker` (what a planted checkpoint would do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stage, name",
+    [(0, "mp_rank_00_model_states.pt"), (1, "zero_pp_rank_0_mp_rank_00_optim_states.pt")],
+)
+def test_a_checkpoint_file_that_runs_code_on_unpickling_is_refused_unrun(tmp_path, stage, name):
+    """Issue 21: DeepSpeed's own loader unpickles with weights_only=False, so a file planted in a
+    run dir (the model states; under ZeRO 1 the optimizer states, which hold DeepSpeed's own
+    types) ran code as the training user. It must be refused, naming the file, without running
+    anything; the intact checkpoint (ZeRO 1: LossScaler, ZeroStageEnum ...) still resumes."""
+    import torch
+
+    from hpc_pgo.engine import build_engine, setup_distributed
+
+    cfg = base_config(**{"deepspeed.zero_optimization.stage": stage})
+    engine = build_engine(TwoBranch(), cfg, steps_per_epoch=2, dist_env=setup_distributed())
+    engine.train_step(make_batch(), epoch=0)
+    ckpt = tmp_path / "ckpt"
+    engine.save(ckpt, {"epoch": 0})
+    planted = ckpt / "step00000001" / name
+    original = planted.read_bytes()
+    with torch.serialization.safe_globals(_deepspeed_types()):
+        state = torch.load(planted, weights_only=True)
+    marker = tmp_path / "ran"
+    state["payload"] = _Planted(str(marker))
+    torch.save(state, planted)
+    with pytest.raises(PgoError) as caught:
+        engine.load(ckpt)
+    assert not marker.exists(), "loading the checkpoint ran the code pickled in it"
+    message = str(caught.value)
+    assert message.startswith(f"{planted}: a file of checkpoint 'step00000001' in {ckpt} pickles")
+    assert "builtins.exec" in message and "refused without unpickling it" in message
+    assert "\n" not in message
+    planted.write_bytes(original)
+    assert engine.load(ckpt) == {"epoch": 0}
+    assert engine.global_step == 1
+
+
+def _deepspeed_types() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
 
 
 @pytest.mark.slow

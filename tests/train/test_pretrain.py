@@ -259,6 +259,31 @@ def test_bad_checkpoint_folder_and_cells_of_another_vocab_fail_before_training(d
     assert torch.distributed.is_initialized() == group_before  # no process group was started
 
 
+@pytest.mark.slow
+def test_a_planted_mlp_a_pretraining_checkpoint_is_refused_unrun(data, tmp_path):
+    """Issue 21: MLP-A pretraining resumes through the fold's load_checkpoint, so a planted
+    checkpoint file is refused there too, naming it, without running its code
+    (tests/train/test_adversarial_faults.py has the engine's cases)."""
+    from hpc_pgo.train.pretrain import CHECKPOINT_DIR, pretrain
+    from tests.train.test_adversarial_faults import _Planted
+
+    run_dir = tmp_path / "run"
+    stopped = pretrain(compose_pretrain(_tokens(data, "train.steps=8", "train.stop_after=4")),
+                       run_dir)  # fmt: skip
+    assert (stopped["step"], stopped["done"]) == (4, False)
+    ckpt = run_dir / CHECKPOINT_DIR
+    tag = (ckpt / "latest").read_text()
+    planted = ckpt / tag / "mp_rank_00_model_states.pt"
+    state = torch.load(planted, weights_only=True)
+    marker = tmp_path / "ran"
+    state["payload"] = _Planted(str(marker))
+    torch.save(state, planted)
+    with pytest.raises(PgoError) as caught:
+        pretrain(compose_pretrain(_tokens(data, "train.steps=8")), run_dir)
+    assert not marker.exists(), "resuming MLP-A pretraining ran the code pickled in its checkpoint"
+    assert str(caught.value).startswith(f"{planted}: a file of checkpoint {tag!r} in {ckpt} pickles")
+
+
 SLURM_STEPS = 24
 HELD_STEP = 12  # a checkpoint step (train.checkpoint_every=4): both runs are held after it
 SLURM_GUARD_S = 240
