@@ -306,7 +306,7 @@ def _train_fold(run: FoldRun, inputs: FoldInputs) -> dict:
                     )
                     return {
                         "status": "stopped",
-                        "fold": fold,
+                        "fold": int(fold),
                         "step": engine.global_step,
                         "epoch": at[0],
                     }
@@ -559,7 +559,7 @@ class FoldCheckpointer:
         state = {
             "epoch": next_epoch, "batch": next_batch, "config_digest": self.digest,
             "world_size": self.world_size, "wall_s": self.wall_s(), "calls": self.calls,
-            "fold": self.fold, **self.selection.state(),
+            "fold": int(self.fold), **self.selection.state(),
         }  # fmt: skip
         tag = self.engine.save(self.directory, client_state=state)
         if self.is_main:
@@ -733,7 +733,7 @@ def _finish(
         }
     losses = loss_per_epoch(out / MODULATION)
     metrics = {
-        "fold": fold,
+        "fold": int(fold),
         "status": "complete",
         "cindex": cindex,
         **branch_cindex,
