@@ -12,6 +12,7 @@
     pgo-shards demo --out DIR --rna cells [--cell-types 10]   # bulk RNA of cell mixtures + atlas
     pgo-shards fit-scgpt --h5ad cells.h5ad --out MODEL_DIR [--steps 300]   # (hpc_pgo.models.scgpt_fit)
     pgo-shards embed-rna DIR --scgpt MODEL_DIR [--mlp-a mlp_a.pt]   # (hpc_pgo.data.embed_rna)
+    pgo-shards survset --dataset DLBCL [--out DIR]   # a SurvSet cohort (hpc_pgo.data.survset)
 
 Bad input prints `error: <one line>` to stderr and exits 2; so does a file-system error
 (read-only, no permission, disk full: the path and the system's reason; the traceback only with
@@ -675,6 +676,9 @@ def make_parser() -> argparse.ArgumentParser:
     from hpc_pgo.data.embed_rna import add_embed_rna_parser
 
     add_embed_rna_parser(sub)
+    from hpc_pgo.data.survset import add_survset_parser
+
+    add_survset_parser(sub)
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("dir", help="shard set directory")
     p.add_argument("--no-decode", action="store_true", help="check counts and sha256 only")

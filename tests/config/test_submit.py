@@ -64,7 +64,7 @@ def test_dry_run_prints_config_and_one_line_per_fold(tmp_path):
         (
             "data=nope",
             "unknown choice 'nope' for group 'data' (in 'data=nope'); valid: demo, "
-            "tcga_gbmlgg_pathomic, tcga_gbmlgg_porpoise, tcga_kirc, tcga_kirc_pathomic",
+            "survset_dlbcl, tcga_gbmlgg_pathomic, tcga_gbmlgg_porpoise, tcga_kirc, tcga_kirc_pathomic",
         ),
         ("folds=3-1", "folds=3-1: range 3-1 is descending; use e.g. folds=1-3"),
         ("folds=0-20", "folds=0-20: folds 15-20 out of range for 15 splits (valid 0-14)"),
