@@ -52,7 +52,7 @@ e ~0.5 min, c ~1-3 min: about 3-5 minutes, well under 8.
 
 On a lent GPU machine (its image has python3 3.12 with torch 2.11 + CUDA but not DeepSpeed,
 webdataset, omegaconf, lifelines, scgpt, scanpy, anndata, ...; it reaches no registry): first,
-HERE, in the checkout the session started in, `bash benchmarks/gpu_wheels.sh` (48 wheels, ~42 MB,
+HERE, in the checkout the session started in, `bash benchmarks/gpu_wheels.sh` (50 wheels, ~43 MB,
 into the ignored .whl/), then one device run with carry [".whl"], timeout_s 480:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

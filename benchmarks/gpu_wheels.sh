@@ -22,10 +22,10 @@ grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 mkdir -p "$OUT"
 
 PACKAGES=(
-  anndata annotated-types array-api-compat autograd braceexpand datasets dill donfig
+  anndata annotated-types array-api-compat autograd braceexpand datasets dill donfig fsspec
   google-crc32c hjson httpcore2 httpx2 huggingface_hub legacy-api-wrap lifelines multiprocess
   natsort numcodecs omegaconf pandas pydantic pydantic_core pytz scanpy scverse-misc timm traitlets
-  truststore typing-inspection tzdata webdataset zarr
+  truststore typing-inspection typing_extensions tzdata webdataset zarr
   ipython ipython_pygments_lexers asttokens executing jedi parso matplotlib-inline pexpect
   ptyprocess prompt_toolkit pure_eval stack-data wcwidth
 )
