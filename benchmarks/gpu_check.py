@@ -401,7 +401,7 @@ def build_demo(out: Path, *, size: int, patients: int, rois: int, workers: int) 
              "--rois", str(rois), "--workers", str(workers), "--no-progress", "--force"]
         )  # fmt: skip
         if code != 0:
-            raise SystemExit(f"pgo-shards demo --out {out} failed with exit code {code}")
+            raise RuntimeError(f"pgo-shards demo --out {out} failed with exit code {code}")
     return out
 
 
