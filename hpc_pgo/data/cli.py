@@ -678,7 +678,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_embed_rna_parser(sub)
     from hpc_pgo.data.survset import add_survset_parser
 
-    add_survset_parser(sub)
+    add_survset_parser(sub, _add_run_options, _print_built)
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("dir", help="shard set directory")
     p.add_argument("--no-decode", action="store_true", help="check counts and sha256 only")

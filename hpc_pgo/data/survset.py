@@ -27,6 +27,7 @@ import argparse
 import math
 import numbers
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,6 @@ def write_cohort(dataset: str, directory: str | Path, frame=None) -> Path:
 
 def cmd_survset(args: argparse.Namespace) -> int:
     from hpc_pgo.data.build import build_cohort
-    from hpc_pgo.data.cli import _print_built
     from hpc_pgo.data.staging import check_output_dir
 
     out = Path(args.out or f"shards/survset_{args.dataset.lower()}").expanduser().resolve()
@@ -159,15 +159,19 @@ def cmd_survset(args: argparse.Namespace) -> int:
         if not keep:
             shutil.rmtree(files, ignore_errors=True)
     fac = [c for c in frame.columns if str(c).startswith("fac_")]
-    _print_built(out, manifest)
+    args.print_built(out, manifest)
     print(f"SurvSet {args.dataset}: rna = {len(manifest['groups']['rna'])} num_ columns; "
           f"{len(fac)} categorical (fac_) column(s) left out")  # fmt: skip
     return 0
 
 
-def add_survset_parser(sub: argparse._SubParsersAction) -> None:
-    from hpc_pgo.data.cli import _add_run_options
-
+def add_survset_parser(
+    sub: argparse._SubParsersAction,
+    add_run_options: Callable[[argparse.ArgumentParser], None],
+    print_built: Callable[[Path, dict], None],
+) -> None:
+    """The `survset` subcommand; pgo-shards passes its shared options and its 'built' line (so
+    this module does not import the CLI that imports it)."""
     p = sub.add_parser(
         "survset",
         help="build a SurvSet expression cohort (pip install survset) into shards",
@@ -178,5 +182,5 @@ def add_survset_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="SurvSet name, e.g. DLBCL or DBCD")
     p.add_argument("--out", help="output directory (default shards/survset_<dataset lowercased>)")
     p.add_argument("--cohort-dir", help="keep the written tables and cohort.yaml here")
-    _add_run_options(p)
-    p.set_defaults(func=cmd_survset)
+    add_run_options(p)
+    p.set_defaults(func=cmd_survset, print_built=print_built)
