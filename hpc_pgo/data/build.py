@@ -179,13 +179,28 @@ _KEY_UNSAFE = re.compile(r"[./\s]")
 
 
 def _check_patient_ids(ids: Iterable[str], path: str) -> None:
-    """Patient ids become tar member names `<patient>__<unit>.<field>`: no '.', '/' or space."""
+    """Patient ids become tar member names `<patient>__<unit>.<field>`: no '.', '/' or space,
+    and no id that is another id followed by '__...' (a key `A__B__u` would then name patient
+    `A` or `A__B`: shards.patient_of_key, which the loader and verify use, takes the first)."""
+    ids = list(ids)
     for pid in ids:
         if _KEY_UNSAFE.search(pid):
             raise PgoError(
                 f"survival table {path}: patient id {pid!r} contains '.', '/' or "
                 "white space, which WebDataset keys cannot hold; rename it"
             )
+    known = set(ids)
+    for pid in ids:
+        cut = pid.find("__")
+        while cut > 0:
+            if pid[:cut] in known:
+                raise PgoError(
+                    f"survival table {path}: patient id {pid!r} is patient {pid[:cut]!r} "
+                    "followed by '__', the separator of a sample key '<patient>__<unit>': their "
+                    "samples' keys would be ambiguous; valid: ids none of which is another's "
+                    "prefix up to a '__' (rename one)"
+                )
+            cut = pid.find("__", cut + 1)
 
 
 def _omics_vectors(

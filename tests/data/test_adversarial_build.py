@@ -641,6 +641,23 @@ def test_patient_ids_with_double_underscores_build_and_verify(tmp_path: Path, ca
     assert sorted([*fold.train, *fold.test]) == sorted(manifest["patients"])
 
 
+def test_a_patient_id_that_is_another_id_and_a_unit_separator_is_refused(
+    tmp_path: Path, capsys
+) -> None:
+    """Ids 'A' and 'A__B' make the key 'A__B__u' ambiguous (patient_of_key takes 'A'): the
+    build refuses them in one line naming both ids, and writes nothing."""
+    table = porpoise_table(n_patients=6, n_double=0)
+    first = table["case_id"].iloc[0]
+    table.loc[table.index[1], "case_id"] = f"{first}__B"
+    table.to_csv(tmp_path / "kirc.csv", index=False)
+    out = tmp_path / "set"
+    args = ["build", *porpoise_flags(tmp_path / "kirc.csv"), "--splits", "kfold:3"]
+    code, _, err = _run([*args, "--out", str(out), "--workers", "1"], capsys)
+    assert code == 2
+    assert f"patient id '{first}__B' is patient '{first}' followed by '__'" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def _outside(shards: Path, tmp_path: Path, where: str) -> str:
     """Move shard-000001.tar out of the set's folder; the manifest name that reaches it."""
     if where == "parent":
