@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0 setuptools wheel
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[dev]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[dev,benchmarks]'
 	$(PIP) install -q --no-deps scgpt==0.2.4
 	touch $@
 

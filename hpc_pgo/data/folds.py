@@ -119,11 +119,8 @@ def open_fold(shard_dir: Path | str, fold: int, holdout: Iterable[str] = ()) -> 
             f"both train and test ({len(both)} such); the splits must be disjoint"
         )
     if isinstance(fold, InnerFold):  # an inner training: part `fold.part` of the train patients
-        events = {p: known[p].get("event") for p in train if p in known}
-        parts = inner_parts(
-            train, {p: e for p, e in events.items() if e is not None}, fold.parts,
-            seed=fold.seed, fold=int(fold),
-        )  # fmt: skip
+        events = {p: known[p]["event"] for p in train if known[p].get("event") is not None}
+        parts = inner_parts(train, events, fold.parts, seed=fold.seed, fold=int(fold))
         train, test = tuple(sorted(set(train) - set(parts[fold.part]))), parts[fold.part]
     held = set(holdout)
     stray = sorted(held - set(train))

@@ -36,9 +36,14 @@ INNER_DIR = "inner_{part}"
 Run = tuple[str | None, Path, DictConfig]  # (label or None, run directory, composed config)
 
 __all__ = [
-    "INNER_DIR", "SEEDS_FILE", "SEED_DIR", "expand", "read_seeds", "seed_contexts",
-    "seed_summary",
+    "INNER_DIR", "SEEDS_FILE", "expand", "paired_seed_noise", "read_seeds", "seed_contexts",
+    "seed_dir", "seed_summary",
 ]  # fmt: skip
+
+
+def seed_dir(config_dir: Path, seed: int) -> Path:
+    """The sub-run of one seed of a seeded configuration: <config dir>/seed_<s>."""
+    return config_dir / SEED_DIR.format(seed=seed)
 
 
 def seed_contexts(label: str | None, config_dir: Path, cfg: DictConfig) -> list[Run]:
@@ -49,11 +54,11 @@ def seed_contexts(label: str | None, config_dir: Path, cfg: DictConfig) -> list[
         return [(label, config_dir, cfg)]
     out = []
     for seed in seeds:
-        name = SEED_DIR.format(seed=seed)
+        directory = seed_dir(config_dir, seed)
         sub = copy.deepcopy(cfg)
         sub.seed = int(seed)
-        sub.run_dir = str(config_dir / name)
-        out.append((f"{label}/{name}" if label else name, config_dir / name, sub))
+        sub.run_dir = str(directory)
+        out.append((f"{label}/{directory.name}" if label else directory.name, directory, sub))
     return out
 
 
@@ -102,14 +107,7 @@ def seed_summary(
     """The summary.json of a seeded configuration (the keys write_report's have, plus "seeds"
     and "ensemble"). per_seed: seed -> that seed's sub-run summary; ensemble: fold -> C-index of
     the seed-ensembled hazard; failed / missing: folds not finished in every seed."""
-    from hpc_pgo.survival import summarize_cindex
-
-    def stats(per_fold: Mapping[int, float]) -> dict:
-        s = summarize_cindex(per_fold) if per_fold else {"mean": None, "ci95": None, "std": None}
-        return {
-            "mean": _finite(s["mean"]), "ci95": _finite(s["ci95"]), "std": _finite(s["std"]),
-            "per_fold": {str(k): per_fold[k] for k in sorted(per_fold)},
-        }  # fmt: skip
+    from hpc_pgo.survival import cindex_summary
 
     folds = sorted(int(k) for k in ensemble)
     fold_c = {s: {int(k): v for k, v in per_seed[s]["c_index"]["per_fold"].items()} for s in seeds}
@@ -120,7 +118,7 @@ def seed_summary(
     parts = [per_seed[s].get("branches") or {} for s in seeds]
     if parts and all("note" not in p and p for p in parts):
         for part in parts[0]:
-            branches[part] = stats({
+            branches[part] = cindex_summary({
                 k: float(np.mean([float(p[part]["per_fold"][str(k)]) for p in parts]))
                 for k in folds
             })  # fmt: skip
@@ -128,7 +126,7 @@ def seed_summary(
         branches = {"note": next((p["note"] for p in parts if "note" in p), "no branch parts")}
     first = per_seed[seeds[0]]
     return {
-        "c_index": stats(averaged),
+        "c_index": cindex_summary(averaged),
         "n_folds": len(folds),
         "failed_folds": {str(k): failed[k] for k in sorted(failed)},
         "missing_folds": sorted(missing),
@@ -144,12 +142,8 @@ def seed_summary(
                 float(math.sqrt(np.mean(variances))) if folds and len(seeds) >= 2 else None
             ),
         },
-        "ensemble": stats(dict(ensemble)),
+        "ensemble": cindex_summary(dict(ensemble)),
     }
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def paired_seed_noise(

@@ -48,9 +48,9 @@ from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, config_digest, load_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import ERROR, MODULATION, PREDICTIONS, fold_dir, has_metrics
-from hpc_pgo.launch.replicates import SEED_DIR, paired_seed_noise, read_seeds, seed_summary
+from hpc_pgo.launch.replicates import paired_seed_noise, read_seeds, seed_dir, seed_summary
 from hpc_pgo.launch.selection import SELECTION_FILE, write_selection
-from hpc_pgo.survival import fold_cindex, patient_hazards, read_predictions, summarize_cindex
+from hpc_pgo.survival import cindex_summary, fold_cindex, patient_hazards, read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +214,9 @@ def summarize_run(run_dir: Path) -> tuple[dict, dict[int, pd.DataFrame]]:
             per_fold.pop(k, None)
             for values in branch_folds.values():
                 values.pop(k, None)
-    stats = summarize_cindex(per_fold) if per_fold else {"mean": None, "ci95": None, "std": None}
     digest = config_digest(load_config(run_dir)) if (run_dir / CONFIG_FILE).is_file() else None
     summary = {
-        "c_index": {
-            "mean": _finite_or_none(stats["mean"]),
-            "ci95": _finite_or_none(stats["ci95"]),
-            "std": _finite_or_none(stats["std"]),
-            "per_fold": {str(k): per_fold[k] for k in sorted(per_fold)},
-        },
+        "c_index": cindex_summary(per_fold),
         "n_folds": len(per_fold),
         "failed_folds": {str(k): failed[k] for k in sorted(failed)},
         "missing_folds": sorted(missing),
@@ -249,16 +243,7 @@ def _branch_summary(
     the parts (a concat head over both modalities); otherwise {"note": why there are none}.
     """
     if per_fold and all(set(folds) == set(per_fold) for folds in branch_folds.values()):
-        out = {}
-        for part, folds in branch_folds.items():
-            stats = summarize_cindex(folds)
-            out[part] = {
-                "mean": _finite_or_none(stats["mean"]),
-                "ci95": _finite_or_none(stats["ci95"]),
-                "std": _finite_or_none(stats["std"]),
-                "per_fold": {str(k): folds[k] for k in sorted(folds)},
-            }
-        return out
+        return {part: cindex_summary(folds) for part, folds in branch_folds.items()}
     cfg = load_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
     if cfg is None and (run_dir / SELECTION_FILE).is_file():
         note = "a select entry: each fold's parts are those of the candidate it chose"
@@ -306,12 +291,17 @@ def summary_markdown(summary: Mapping, title: str) -> str:
             f"fold-patient rows over {km['folds']} fold(s)), high risk {km['high_risk']}, "
             f"low risk {km['low_risk']}; log-rank p = {p}"
         )
-    for k, error in summary["failed_folds"].items():
-        lines.append(f"- fold {k} FAILED: {error}")
+    lines += incomplete_lines(summary, "no predictions yet")
+    return "\n".join(lines) + "\n"
+
+
+def incomplete_lines(summary: Mapping, missing_why: str) -> list[str]:
+    """summary.md's closing lines: each failed fold with its error, then the missing folds."""
+    lines = [f"- fold {k} FAILED: {error}" for k, error in summary["failed_folds"].items()]
     if summary["missing_folds"]:
         shown = ", ".join(str(k) for k in summary["missing_folds"])
-        lines.append(f"- missing folds (no predictions yet): {shown}")
-    return "\n".join(lines) + "\n"
+        lines.append(f"- missing folds ({missing_why}): {shown}")
+    return lines
 
 
 def plot_modulation(run_dir: Path, folds: list[int], path: Path) -> bool:
@@ -371,13 +361,19 @@ def plot_modulation(run_dir: Path, folds: list[int], path: Path) -> bool:
 
 
 def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
-    """Write summary.json, summary.md, km.png and modulation.png of one run; return the summary."""
-    from hpc_pgo.survival.km import HIGH_RISK, KM_RULE, plot_km, risk_groups  # loads matplotlib
-
+    """Write summary.json, summary.md, km.png and modulation.png of one run (of a seeded
+    configuration: write_seed_report); return the summary."""
     run_dir = check_run_path(run_dir)
     seeds = read_seeds(run_dir)
     if seeds is not None:
         return write_seed_report(run_dir, seeds, title)
+    return _write_run_report(run_dir, title)[0]
+
+
+def _write_run_report(run_dir: Path, title: str | None) -> tuple[dict, dict[int, pd.DataFrame]]:
+    """write_report of one run directory; (its summary, its patients per fold)."""
+    from hpc_pgo.survival.km import HIGH_RISK, KM_RULE, plot_km, risk_groups  # loads matplotlib
+
     summary, patients = summarize_run(run_dir)
     title = title or run_dir.name
     if patients:
@@ -405,7 +401,7 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> dict:
     )
     write_text(run_dir / SUMMARY_JSON, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     write_text(run_dir / SUMMARY_MD, summary_markdown(summary, title))
-    return summary
+    return summary, patients
 
 
 def write_seed_report(run_dir: Path, seeds: list[int], title: str | None = None) -> dict:
@@ -414,10 +410,11 @@ def write_seed_report(run_dir: Path, seeds: list[int], title: str | None = None)
     fold the mean C-index over the seeds, the seed-ensembled hazard's C-index and the seed noise.
     A fold counts when every seed finished it; one that failed in some seed is failed."""
     title = title or run_dir.name
-    per_seed = {
-        s: write_report(run_dir / SEED_DIR.format(seed=s), title=f"{title} seed {s}")
+    reports = {
+        s: _write_run_report(check_run_path(seed_dir(run_dir, s)), f"{title} seed {s}")
         for s in seeds
     }
+    per_seed = {s: summary for s, (summary, _) in reports.items()}
     expected = sorted({int(k) for summary in per_seed.values()
                        for k in [*summary["c_index"]["per_fold"], *summary["failed_folds"],
                                  *summary["missing_folds"]]})  # fmt: skip
@@ -432,20 +429,16 @@ def write_seed_report(run_dir: Path, seeds: list[int], title: str | None = None)
         elif any(str(k) not in per_seed[s]["c_index"]["per_fold"] for s in seeds):
             missing.append(k)
         else:
-            ensemble[k] = _ensemble_cindex(run_dir, seeds, k)
+            ensemble[k] = _ensemble_cindex([reports[s][1][k] for s in seeds], k)
     summary = seed_summary(seeds, per_seed, ensemble, failed, missing)
     write_text(run_dir / SUMMARY_JSON, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     write_text(run_dir / SUMMARY_MD, seed_markdown(summary, title))
     return summary
 
 
-def _ensemble_cindex(run_dir: Path, seeds: list[int], fold: int) -> float:
-    """C-index of fold `fold` with each test patient's hazard averaged over the seeds' models."""
-    tables = [
-        patient_hazards(read_predictions(fold_dir(run_dir / SEED_DIR.format(seed=s), fold)
-                                         / PREDICTIONS), where=f"seed {s} fold {fold}")
-        for s in seeds
-    ]  # fmt: skip
+def _ensemble_cindex(tables: list[pd.DataFrame], fold: int) -> float:
+    """C-index of fold `fold` with each test patient's hazard averaged over the seeds' models
+    (tables: each seed's patient hazards of that fold, as summarize_run gives them)."""
     joined = pd.concat(tables).groupby("patient", sort=True).agg(
         hazard=("hazard", "mean"), time=("time", "first"), event=("event", "first")
     ).reset_index()
@@ -476,11 +469,7 @@ def seed_markdown(summary: Mapping, title: str) -> str:
         f"seed SD {_fmt(noise['per_fold_seed_sd'])}; mean per seed: "
         + ", ".join(f"{s}: {_fmt(v)}" for s, v in noise["mean_per_seed"].items()),
     ]
-    for k, error in summary["failed_folds"].items():
-        lines.append(f"- fold {k} FAILED: {error}")
-    if summary["missing_folds"]:
-        shown = ", ".join(str(k) for k in summary["missing_folds"])
-        lines.append(f"- missing folds (not finished in every seed): {shown}")
+    lines += incomplete_lines(summary, "not finished in every seed")
     return "\n".join(lines) + "\n"
 
 
@@ -524,8 +513,7 @@ def _paired_cells(paired: Mapping | None) -> list[str]:
         return [paired["note"], "", ""]
     low = None if paired["ci95"] is None else paired["mean"] - paired["ci95"]
     high = None if paired["ci95"] is None else paired["mean"] + paired["ci95"]
-    noise = " (< seed SD {:.3f}: noise)".format(paired["seed_sd"]) if paired.get(
-        "below_seed_noise") else ""
+    noise = f" (< seed SD {paired['seed_sd']:.3f}: noise)" if paired.get("below_seed_noise") else ""
     return [
         f"{paired['mean']:+.3f} [{_fmt(low)}, {_fmt(high)}]{noise}",
         f"{paired['wins']}/{paired['n']}",

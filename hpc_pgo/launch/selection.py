@@ -27,7 +27,7 @@ from hpc_pgo.atomic import write_text
 from hpc_pgo.config import CONFIG_FILE, load_config
 from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import ERROR, METRICS, PREDICTIONS, fold_dir, has_metrics
-from hpc_pgo.launch.replicates import INNER_DIR, SEED_DIR, read_seeds
+from hpc_pgo.launch.replicates import INNER_DIR, read_seeds, seed_dir
 from hpc_pgo.survival import fold_cindex, read_predictions
 
 SELECTION_FILE = "selection.json"
@@ -128,6 +128,10 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(finite) / len(finite) if len(finite) == len(values) and values else None
 
 
+def _seeded(config_dir: Path, seed: int | None) -> Path:
+    return config_dir if seed is None else seed_dir(config_dir, seed)
+
+
 def write_selection(run_dir: Path, entry: Mapping, sweep: Mapping) -> dict:
     """The select entry's fold outputs (module text), per seed when the run has seeds.
     Returns {"choices": {"<seed or ->": {"<k>": candidate}}, "counts": {candidate: n}}."""
@@ -142,12 +146,10 @@ def write_selection(run_dir: Path, entry: Mapping, sweep: Mapping) -> dict:
     choices: dict[str, dict[str, str]] = {}
     counts = {c: 0 for c in candidates}
     for seed in contexts:
-        def where(d: Path, s: int | None = seed) -> Path:
-            return d if s is None else d / SEED_DIR.format(seed=s)
-
         chosen = _select_folds(
-            where(entry_dir), {c: where(run_dir / c) for c in candidates}, parts, seed
-        )
+            _seeded(entry_dir, seed), {c: _seeded(run_dir / c, seed) for c in candidates},
+            parts, seed,
+        )  # fmt: skip
         choices["-" if seed is None else str(seed)] = {str(k): c for k, c in chosen.items()}
         for c in chosen.values():
             counts[c] += 1

@@ -232,9 +232,15 @@ def submit(
     """Compose, check, write the run directory and submit the fold array (see the module text)."""
     top, run_dir, runs, sweep = compose_runs(args, config_dir, now)
     # every check before the first write: a refused submission leaves nothing behind
+    checked: set[tuple] = set()
     for _, sub_dir, cfg in runs:
         resolve_fold_fn(cfg.launch.fold_fn)
-        check_shards(cfg)
+        # the seed and inner sub-runs of a configuration share its shard set, folds and model:
+        # its manifest is read once for them
+        inputs = (str(cfg.data.shards), tuple(cfg.folds), OmegaConf.to_yaml(cfg.model))
+        if inputs not in checked:
+            check_shards(cfg)
+            checked.add(inputs)
         check_run_dir(cfg, sub_dir)
     if sweep is not None or top.seeds is not None:
         check_run_dir(top, run_dir)

@@ -16,6 +16,7 @@ from hpc_pgo.survival.concordance import concordance
 from hpc_pgo.survival.cox import breslow_log_risk, check_survival, cox_nll
 from hpc_pgo.survival.protocol import (
     PREDICTION_COLUMNS,
+    cindex_summary,
     fold_cindex,
     patient_hazards,
     read_predictions,
@@ -33,6 +34,7 @@ __all__ = [
     "fold_cindex",
     "patient_hazards",
     "read_predictions",
+    "cindex_summary",
     "summarize_cindex",
     "summarize_folds",
     "validate_predictions",

@@ -202,6 +202,18 @@ def summarize_cindex(per_fold: Mapping[int, float]) -> dict:
     return {"mean": mean, "ci95": ci95, "std": std, "per_fold": values, "n_folds": len(values)}
 
 
+def cindex_summary(per_fold: Mapping[int, float]) -> dict:
+    """summarize_cindex as summary.json holds it: {"mean", "ci95", "std", "per_fold": {"<k>": c}}
+    with an undefined (NaN) value as None, and all None for no fold (a run with none finished)."""
+    if not per_fold:
+        return {"mean": None, "ci95": None, "std": None, "per_fold": {}}
+    summary = summarize_cindex(per_fold)
+    return {
+        **{k: None if math.isnan(summary[k]) else summary[k] for k in ("mean", "ci95", "std")},
+        "per_fold": {str(k): v for k, v in summary["per_fold"].items()},
+    }
+
+
 def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """(mean, std, ci95) of n values: std with ddof = 1, ci95 = t.ppf(0.975, n - 1) * std / sqrt(n)
     (the half-width of the 95% t interval of the mean); std and ci95 are NaN when n = 1."""

@@ -162,18 +162,23 @@ def test_embed_serve_and_idempotent(shards, cohort, ckpt, capsys):
     assert read_manifest(shards)["embeddings"]["recipe"]["max_length"] == 32
 
 
+MLP_A_DIMS = {"in": 32, "hidden": 16, "out": 8, "layers": 3, "dropout": 0.0}
+
+
+def mlp_a_file(path: Path, ckpt: Path, mlp: MLP | None = None) -> Path:
+    """An MLP-A weights file (S.save_mlp_a) for the tiny checkpoint: `mlp`, or a fresh one."""
+    model = S.load_scgpt(ckpt)
+    return S.save_mlp_a(
+        path, mlp if mlp is not None else MLP(32, 16, 8, 3), scgpt_digest=model.digest,
+        vocab_digest=model.vocab_sha, class_names=["a"], dims=MLP_A_DIMS,
+    )  # fmt: skip
+
+
 def test_mlp_a_applied_and_checked(shards, ckpt, tmp_path, capsys):
     model = S.load_scgpt(ckpt)
     mlp = MLP(32, 16, 8, 3)
-    dims = {"in": 32, "hidden": 16, "out": 8, "layers": 3, "dropout": 0.0}
-    good = S.save_mlp_a(
-        tmp_path / "mlp_a.pt",
-        mlp,
-        scgpt_digest=model.digest,
-        vocab_digest=model.vocab_sha,
-        class_names=["a"],
-        dims=dims,
-    )
+    dims = MLP_A_DIMS
+    good = mlp_a_file(tmp_path / "mlp_a.pt", ckpt, mlp)
     assert run(str(shards), "--scgpt", str(ckpt), "--mlp-a", str(good)) == 0
     manifest = read_manifest(shards)
     assert manifest["embeddings"]["fields"] == {"rna_emb": {"dim": 32}, "rna_mlpa": {"dim": 8}}
@@ -390,18 +395,10 @@ def test_a_checkpoint_with_nan_weights_is_refused(
 
 
 def test_a_mlp_a_with_nan_weights_is_refused(shards, ckpt, tmp_path, capsys):
-    model = S.load_scgpt(ckpt)
     mlp = MLP(32, 16, 8, 3)
     with torch.no_grad():
         next(mlp.parameters()).fill_(float("nan"))
-    weights = S.save_mlp_a(
-        tmp_path / "mlp_a.pt",
-        mlp,
-        scgpt_digest=model.digest,
-        vocab_digest=model.vocab_sha,
-        class_names=["a"],
-        dims={"in": 32, "hidden": 16, "out": 8, "layers": 3, "dropout": 0.0},
-    )
+    weights = mlp_a_file(tmp_path / "mlp_a.pt", ckpt, mlp)
     before = _tree(shards)
     assert run(str(shards), "--scgpt", str(ckpt), "--mlp-a", str(weights)) == 2
     err = capsys.readouterr().err

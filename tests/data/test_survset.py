@@ -1,7 +1,7 @@
 """`pgo-shards survset` (hpc_pgo.data.survset): a SurvSet expression cohort as a shard set.
 
-The real-data test reads the DLBCL set shipped inside the `survset` package (skipped, saying so,
-when it is not installed: pip install survset, extra [benchmarks]); the others use small frames.
+The real-data tests read the DLBCL set shipped inside the `survset` package (the [benchmarks]
+extra, which `make install` installs); the others use small frames.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ def _frame(n: int = 30, genes: int = 6, seed: int = 0) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_dlbcl_from_the_survset_package_builds_patients_events_and_genes(tmp_path: Path, capsys):
-    pytest.importorskip("SurvSet", reason="survset not installed (pip install survset)")
     from SurvSet.data import SurvLoader
 
     frame = SurvLoader().load_dataset("DLBCL")["df"]
@@ -95,7 +94,6 @@ def test_bad_frames_name_the_dataset_row_and_column(tmp_path: Path, edit, messag
 
 
 def test_unknown_dataset_lists_the_valid_ones(capsys):
-    pytest.importorskip("SurvSet", reason="survset not installed (pip install survset)")
     assert main(["survset", "--dataset", "NoSuchSet", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert "not a SurvSet data set; valid:" in err and "DLBCL" in err

@@ -1,19 +1,16 @@
 """benchmarks/nested_selection.py: its table reads a sweep_summary.json as the report writes it."""
 
-import importlib.util
 from pathlib import Path
 
 from hpc_pgo.survival.paired import paired_difference
 from hpc_pgo.survival.protocol import summarize_cindex
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "nested_selection.py"
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("nested_selection_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_table_rows_paired_deltas_best_fixed_and_choice_counts():

@@ -6,7 +6,6 @@ Real submitit LocalExecutor processes and real training (the tiny config of conf
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from hpc_pgo.config import compose, load_config, save_config
 from hpc_pgo.launch.report import report
 from hpc_pgo.launch.submission import submit, wait
 from tests.launch.conftest import REPO_ROOT, tiny_args
+from tests.scripts import load_script
 
 SUBMIT = REPO_ROOT / "launch" / "submit.py"
 REPORT = REPO_ROOT / "launch" / "report.py"
@@ -30,10 +30,7 @@ REPORT = REPO_ROOT / "launch" / "report.py"
 
 def load_main(path: Path):
     """main() of an entry script, imported in-process (no torch import per call)."""
-    spec = importlib.util.spec_from_file_location(f"_entry_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script(path).main
 
 
 @pytest.mark.slow

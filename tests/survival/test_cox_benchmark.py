@@ -1,20 +1,17 @@
 """benchmarks/cox_loss.py: its N x N baseline is the same loss as cox_nll (up to 1/N)."""
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
 from hpc_pgo.survival.cox import cox_nll
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cox_loss.py"
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("cox_loss_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_nxn_baseline_equals_cox_nll_sum_over_n_with_ties():
