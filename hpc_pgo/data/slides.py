@@ -85,16 +85,7 @@ def tile_slide(
     _check_options(path, magnification, tile_size, max_tiles, tissue_threshold)
     slide = open_slide(path)
     try:
-        downsample = 1.0
-        if magnification is not None:
-            native = native_magnification(slide, path)
-            downsample = native / magnification
-            if downsample < 1 - SCALE_TOLERANCE:
-                raise PgoError(
-                    f"{path}: magnification {magnification:g} exceeds the scan's {native:g}x; "
-                    "ask for at most that, or None for level 0"
-                )
-        grid = tile_grid(slide, downsample, tile_size)
+        grid = slide_grid(slide, path, magnification, tile_size)
         if grid.cols == 0 or grid.rows == 0:
             log.warning(
                 "%s: slide %s smaller than one tile of %d level-0 px",
@@ -147,6 +138,24 @@ def native_magnification(slide: openslide.OpenSlide, path: Path) -> float:
         f"{openslide.PROPERTY_NAME_MPP_X}, so magnification cannot be resolved; use "
         "magnification None (level 0 as scanned)"
     )
+
+
+def slide_grid(
+    slide: openslide.OpenSlide, path: Path, magnification: float | None, tile_size: int
+) -> TileGrid:
+    """The tile grid of `slide` for tiles of tile_size px at `magnification` (None = level 0):
+    d = native / magnification (module docstring, step 1), then tile_grid. Shared by tile_slide
+    and whoever maps tile names back onto the slide (hpc_pgo.survival.heatmaps)."""
+    downsample = 1.0
+    if magnification is not None:
+        native = native_magnification(slide, path)
+        downsample = native / magnification
+        if downsample < 1 - SCALE_TOLERANCE:
+            raise PgoError(
+                f"{path}: magnification {magnification:g} exceeds the scan's {native:g}x; "
+                "ask for at most that, or None for level 0"
+            )
+    return tile_grid(slide, downsample, tile_size)
 
 
 def tile_grid(slide: openslide.OpenSlide, downsample: float, tile_size: int) -> TileGrid:
