@@ -10,6 +10,8 @@ Conventions: theta = log hazard (higher = worse); time >= 0; event 1 = death obs
 - ``paired``: ``paired_difference`` (two configurations on the same splits, fold by fold).
 - ``km``: ``km_split``, ``risk_groups`` (folds -> one group per unique patient), ``logrank_p``,
   ``plot_km`` (import ``hpc_pgo.survival.km``; it loads matplotlib).
+- ``heatmaps``: ``draw_run`` (attention-MIL weights of fold_<k>/attention.csv painted over slide
+  thumbnails; import ``hpc_pgo.survival.heatmaps``; it loads openslide and matplotlib).
 """
 
 from hpc_pgo.survival.concordance import concordance

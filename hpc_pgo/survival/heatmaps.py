@@ -69,7 +69,7 @@ ATTENTION_COLUMNS = ("patient", "unit", "attention")
 INDEX = "heatmaps.json"
 DEFAULT_OUT = "heatmaps"
 THUMBNAIL_SIDE = 1024  # px, long side of the thumbnail (slide.get_thumbnail bound)
-LEGEND_WIDTH = 96  # px of colour bar beside the thumbnail
+LEGEND_WIDTH = 112  # px of colour bar beside the thumbnail
 COLORMAP = "inferno"
 ALPHA = 0.5
 NORMALISATION = "min-max per slide: (w - min) / (max - min) over the slide's tiles in the fold"
@@ -123,11 +123,12 @@ def read_attention(path: Path) -> dict[tuple[str, str], SlideAttention]:
     ):
         line = i + 2  # 1-based, after the header
         try:
-            weight = float(weight)
+            value = float(weight)
         except (TypeError, ValueError):
-            weight = math.nan
-        if not math.isfinite(weight) or weight < 0:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
             raise PgoError(f"{path}, line {line}: attention {weight!r} is not a finite weight >= 0")
+        weight = value
         try:
             stem, x0, y0 = parse_tile_unit(str(unit))
         except ValueError:
@@ -270,7 +271,7 @@ def legend(height: int, low: float, high: float, colormap: str = COLORMAP) -> Im
     dpi = 100
     fig = Figure(figsize=(LEGEND_WIDTH / dpi, max(height, 1) / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.12, 0.08, 0.2, 0.84))
+    ax = fig.add_axes((0.08, 0.08, 0.16, 0.84))
     mappable = ScalarMappable(Normalize(0, 1), colormaps[colormap])
     bar = fig.colorbar(mappable, cax=ax)
     bar.set_ticks([0, 1], labels=[f"{low:.3g}", f"{high:.3g}"], fontsize=7)

@@ -104,9 +104,14 @@ def test_heatmap_pixels_and_index(cohort):
     assert len(names) >= 3 and len(other_names) >= 2, "the synthetic slides should have tissue"
     patient = slide_path.stem.split("-S")[0]
     other = other_path.stem.split("-S")[0]
-    run = make_run(cohort, "run_ok", {0: {patient: peaked(1), other: peaked(0)}, 1: {patient: peaked(2)}})
+    run = make_run(
+        cohort, "run_ok", {0: {patient: peaked(1), other: peaked(0)}, 1: {patient: peaked(2)}}
+    )
     indices, skipped = draw_run(run, cohort["slides"], top=2)
-    assert skipped == [] and indices == [run / "heatmaps" / "fold_0" / "heatmaps.json", run / "heatmaps" / "fold_1" / "heatmaps.json"]
+    assert skipped == [] and indices == [
+        run / "heatmaps" / "fold_0" / "heatmaps.json",
+        run / "heatmaps" / "fold_1" / "heatmaps.json",
+    ]
 
     slide = openslide.OpenSlide(slide_path)
     thumb = np.asarray(slide.get_thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE)).convert("RGB"), float)
@@ -138,12 +143,18 @@ def test_heatmap_pixels_and_index(cohort):
     entry = next(e for e in index["slides"] if e["patient"] == patient)
     x0, y0 = corner(names[1])
     assert entry["slide"] == slide_path.name and entry["n_tiles"] == len(names)
-    assert entry["footprint"] == FOOTPRINT and entry["png"] == f"fold_0/{patient}/{slide_path.stem}.png"
+    assert (
+        entry["footprint"] == FOOTPRINT
+        and entry["png"] == f"fold_0/{patient}/{slide_path.stem}.png"
+    )
     assert entry["top"][0] == {"unit": names[1], "x0": x0, "y0": y0, "attention": HEAVY}
     assert len(entry["top"]) == 2
     assert "min-max" in index["normalisation"]
     # the patient of two folds is drawn per fold, each with its own weights
-    again = np.asarray(Image.open(run / "heatmaps" / "fold_1" / patient / f"{slide_path.stem}.png").convert("RGB"), float)
+    again = np.asarray(
+        Image.open(run / "heatmaps" / "fold_1" / patient / f"{slide_path.stem}.png").convert("RGB"),
+        float,
+    )
     assert not np.array_equal(again, png)
     assert not list((run / "heatmaps").rglob("*.tmp")), "temporary files left behind"
 
