@@ -76,6 +76,7 @@ NORMALISATION = "min-max per slide: (w - min) / (max - min) over the slide's til
 ABMIL_HINT = "model.image.encoder=abmil"
 # unit_name(f"{stem}_y{y0:06d}_x{x0:06d}"): the stem may hold '_', the suffix cannot be ambiguous
 TILE_UNIT = re.compile(r"^(?P<stem>.+)_y(?P<y0>\d{6,})_x(?P<x0>\d{6,})$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")  # a patient id usable as a folder name
 _FOLD_DIR = re.compile(r"^fold_(\d+)$")
 
 
@@ -106,8 +107,9 @@ def parse_tile_unit(unit: str) -> tuple[str, int, int]:
 
 def read_attention(path: Path) -> dict[tuple[str, str], SlideAttention]:
     """(patient, slide stem) -> its tiles, from one fold's attention.csv. PgoError naming the file
-    and line for a missing column, a non-finite or negative weight, or a unit that is not a slide
-    tile (``<slide stem>_y<6+ digits>_x<6+ digits>``)."""
+    and line for a missing column, a non-finite or negative weight, a unit that is not a slide
+    tile (``<slide stem>_y<6+ digits>_x<6+ digits>``), a repeated (patient, unit), or a patient id
+    that cannot be a folder name (it names the output folder)."""
     try:
         table = pd.read_csv(path, dtype={"patient": str, "unit": str})
     except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -118,6 +120,7 @@ def read_attention(path: Path) -> dict[tuple[str, str], SlideAttention]:
             f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(ATTENTION_COLUMNS)}"
         )
     slides: dict[tuple[str, str], SlideAttention] = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, (patient, unit, weight) in enumerate(
         zip(table["patient"], table["unit"], table["attention"], strict=True)
     ):
@@ -137,7 +140,19 @@ def read_attention(path: Path) -> dict[tuple[str, str], SlideAttention]:
                 "<slide stem>_y<y0, 6+ digits>_x<x0, 6+ digits> (level-0 px, as a slide cohort's "
                 "units are named)"
             ) from None
-        entry = slides.setdefault((str(patient), stem), SlideAttention(str(patient), stem))
+        patient = str(patient)
+        if not SAFE_ID.match(patient):
+            raise PgoError(
+                f"{path}, line {line}: patient {patient!r} cannot name a folder; valid: letters, "
+                "digits, '.', '_', '-' (not starting with '.')"
+            )
+        if (patient, unit) in seen:
+            raise PgoError(
+                f"{path}, line {line}: patient {patient} unit {unit} repeats line "
+                f"{seen[(patient, unit)]}; one weight per tile"
+            )
+        seen[(patient, unit)] = line
+        entry = slides.setdefault((patient, stem), SlideAttention(patient, stem))
         entry.units.append(str(unit))
         entry.x0.append(x0)
         entry.y0.append(y0)

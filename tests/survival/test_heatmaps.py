@@ -230,3 +230,13 @@ def test_roi_cohort_refused(cohort, tmp_path):
     save_config(OmegaConf.create({"data": {"shards": str(rois)}}), run)
     with pytest.raises(PgoError, match="slide cohorts only"):
         draw_run(run, cohort["slides"])
+
+
+def test_repeated_tile_and_unsafe_patient_refused(tmp_path):
+    csv = tmp_path / "attention.csv"
+    csv.write_text("patient,unit,attention\nP1,S1_y000000_x000512,0.5\nP1,S1_y000000_x000512,0.5\n")
+    with pytest.raises(PgoError, match=r"line 3: .*repeats line 2"):
+        heatmaps.read_attention(csv)
+    csv.write_text("patient,unit,attention\n../P1,S1_y000000_x000512,1.0\n")
+    with pytest.raises(PgoError, match=r"line 2: patient '../P1' cannot name a folder"):
+        heatmaps.read_attention(csv)
