@@ -314,6 +314,12 @@ def embed_tiles(
     size = image.get("size")
     tile_size = int(min(size)) if size else None
     model, backbone = load_backbone(options, tile_size, device)
+    if options.weights is None:
+        log.warning(
+            "embed-tiles: no --weights: %s is randomly initialised, the features are a random "
+            "projection of the tiles (the record's weights is null)",
+            options.arch,
+        )
     shards_text = "\n".join(f"{s['name']} {s['sha256']}" for s in manifest["shards"])
     recipe = {
         "view": VIEW,
@@ -390,12 +396,6 @@ def embed_tiles(
 
 def cmd_embed_tiles(args) -> int:
     """`pgo-shards embed-tiles DIR --arch NAME [...]`: prints what it computed, or that nothing was to do."""
-    if args.weights is None:
-        log.warning(
-            "embed-tiles: no --weights: %s is randomly initialised, the features are a random "
-            "projection of the tiles (the record's weights is null)",
-            args.arch,
-        )
     options = TileOptions(
         arch=args.arch,
         weights=args.weights,

@@ -74,7 +74,8 @@ def backbone_digest(arch: str, state_dict: Mapping[str, object]) -> str:
             continue
         tensor = tensor.detach().cpu().contiguous()
         h.update(f"\n{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()
 
 
