@@ -121,7 +121,11 @@ def load_backbone(options: TileOptions, tile_size: int | None, device: str):
     if weights is None:
         torch.manual_seed(INIT_SEED)
     model = create_backbone(
-        options.arch, pretrained=weights, image_size=options.input_size, weights_key="--weights"
+        options.arch,
+        pretrained=weights,
+        image_size=options.input_size,
+        weights_key="--weights",
+        arch_key="--arch",
     )
     size = options.input_size
     if size is None:

@@ -67,16 +67,18 @@ def create_backbone(
     image_size: int | None = None,
     drop_path: float = 0.0,
     weights_key: str = "model.image.pretrained",
+    arch_key: str = "model.image.arch",
 ) -> nn.Module:
     """timm.create_model(arch, num_classes=0) -> module mapping (B, 3, H, W) to (B, num_features).
 
     image_size is passed as img_size only to architectures with a fixed input size (ViTs,
     T2T-ViT); convolutional nets take any size. pretrained: a local state dict path, or None.
-    weights_key: how errors name `pretrained` (the config key, or a CLI flag such as --weights).
+    weights_key, arch_key: how errors name `pretrained` and `arch` (the config keys, or CLI
+    flags such as --weights and --arch).
     """
     if not timm.is_model(arch):
         raise PgoError(
-            f"model.image.arch={arch!r} is not a timm architecture; similar names: "
+            f"{arch_key}={arch!r} is not a timm architecture; similar names: "
             f"{', '.join(similar_timm_names(arch)) or 'none'} (all: timm.list_models())"
         )
     kwargs: dict = {"num_classes": 0}
@@ -95,7 +97,7 @@ def create_backbone(
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         source = f" with {weights_key}={str(pretrained)!r}" if stored is not None else ""
         raise PgoError(
-            f"model.image.arch={arch!r} could not be built{source} "
+            f"{arch_key}={arch!r} could not be built{source} "
             f"(timm.create_model kwargs {sorted(kwargs)}): {one_line(err)}"
         ) from err
     if stored is not None:
