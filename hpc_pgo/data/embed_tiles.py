@@ -100,10 +100,11 @@ class TileResult:
 
 
 def load_backbone(options: TileOptions, tile_size: int | None, device: str):
-    """(model on `device`, frozen, eval; backbone record without digest-independent extras).
+    """(model on `device`, frozen and in eval mode; its record for the manifest).
 
     The record: arch, digest, weights (file name or None), weights_sha256, input_size, mean,
-    std, num_features."""
+    std, num_features: the width of the model's output (num_classes=0), the feature dim D;
+    timm's head_hidden_size where the model has a pre-logits stage (MobileNetV3, LCNet)."""
     import timm
     import torch
     from timm.data import resolve_data_config
@@ -141,9 +142,17 @@ def load_backbone(options: TileOptions, tile_size: int | None, device: str):
         "input_size": int(size),
         "mean": list(mean),
         "std": list(std),
-        "num_features": int(getattr(model, "num_features", 0)),
+        "num_features": _output_width(model, int(size), device),
     }
     return model, record
+
+
+def _output_width(model, size: int, device: str) -> int:
+    """D: the width of the model's output for one zero image of size x size."""
+    import torch
+
+    with torch.inference_mode():
+        return int(model(torch.zeros(1, 3, size, size, device=device)).shape[-1])
 
 
 def _resolve_device(options: TileOptions) -> tuple[str, str]:
@@ -246,8 +255,9 @@ def _embed_shard(model, path: Path, name: str, image_field: str, backbone: dict,
             parts.append(out.float().cpu().numpy())
             keys += batch_keys
             bar.update(len(batch_keys))
-    dim = backbone.get("dim") or (parts[0].shape[1] if parts else 0)
-    return keys, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    if not parts:
+        return keys, np.zeros((0, backbone["num_features"]), np.float32)
+    return keys, np.concatenate(parts)
 
 
 # --------------------------------------------------------------------------- progress
@@ -371,16 +381,9 @@ def embed_tiles(
             if held is not None:
                 held.at(index)
     result.seconds = time.perf_counter() - start
-    dims = {
-        int(np.load(shard_dir / e["features"]["file"], mmap_mode="r").shape[1]) for e in entries
-    }
-    if len(dims) > 1:  # a resumed entry of another width: impossible with one digest
-        raise PgoError(
-            f"{shard_dir / DIRECTORY}: shards of widths {sorted(dims)}; rerun with --force"
-        )
     record = {
         "dir": DIRECTORY,
-        "dim": dims.pop() if dims else backbone["num_features"],
+        "dim": backbone["num_features"],
         "dtype": "float16",
         "units": units,
         "backbone": backbone,
