@@ -40,9 +40,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class TileResult:
 # --------------------------------------------------------------------------- the backbone
 
 
-def load_backbone(options: TileOptions, tile_size: int | None, device: str):
+def load_backbone(options: TileOptions, tile_size: int | None, device: str) -> tuple[Any, dict]:
     """(model on `device`, frozen and in eval mode; its record for the manifest).
 
     The record: arch, digest, weights (file name or None), weights_sha256, input_size, mean,
@@ -175,7 +176,7 @@ def _resolve_device(options: TileOptions) -> tuple[str, str]:
 # --------------------------------------------------------------------------- the tiles
 
 
-def tile_view(data: bytes, size: int, mean, std):
+def tile_view(data: bytes, size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
     """Encoded image bytes -> float32 (3, size, size): [0, 1], shorter side resized to `size`
     (bilinear, antialiased), centre crop, (x - mean) / std per channel."""
     import torch
