@@ -17,6 +17,9 @@ per step):
               the stop-request check (any_rank(_stop_requested)) of step k
     build     hpc_pgo.data.build.write_shards: after the samples of the k-th patient went into the
               staged shard set (the temporary .<out>.tmp-* directory holds an open shard)
+    embed     hpc_pgo.data.embed_tiles: after the k-th shard of the manifest (1-based) was
+              embedded, its pair of files and tile_features/progress.json written; a resumed run
+              skips the shards done and does not hold at them again
 
 At the hold, rank r (0 in a single process) writes ``<dir>/held.rank<r>`` atomically (JSON: point,
 step, rank, pid, host) and polls every POLL_S seconds until
@@ -56,7 +59,7 @@ from hpc_pgo.atomic import write_text
 log = logging.getLogger(__name__)
 
 ENV = "HPC_PGO_HOLD"
-POINTS = ("fold", "pretrain", "build")
+POINTS = ("fold", "pretrain", "build", "embed")
 RELEASE = "release"
 TIMEOUT_S = 600.0
 POLL_S = 0.05

@@ -12,6 +12,7 @@
     pgo-shards demo --out DIR --rna cells [--cell-types 10]   # bulk RNA of cell mixtures + atlas
     pgo-shards fit-scgpt --h5ad cells.h5ad --out MODEL_DIR [--steps 300]   # (hpc_pgo.models.scgpt_fit)
     pgo-shards embed-rna DIR --scgpt MODEL_DIR [--mlp-a mlp_a.pt]   # (hpc_pgo.data.embed_rna)
+    pgo-shards embed-tiles DIR --arch resnet18 --weights resnet18.pth   # (hpc_pgo.data.embed_tiles)
     pgo-shards survset --dataset DLBCL [--out DIR]   # a SurvSet cohort (hpc_pgo.data.survset)
 
 Bad input prints `error: <one line>` to stderr and exits 2; so does a file-system error
@@ -676,6 +677,9 @@ def make_parser() -> argparse.ArgumentParser:
     from hpc_pgo.data.embed_rna import add_embed_rna_parser
 
     add_embed_rna_parser(sub)
+    from hpc_pgo.data.embed_tiles import add_embed_tiles_parser
+
+    add_embed_tiles_parser(sub)
     from hpc_pgo.data.survset import add_survset_parser
 
     add_survset_parser(sub, _add_run_options, _print_built)

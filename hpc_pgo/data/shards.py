@@ -417,6 +417,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
     table = _patient_table(directory, manifest, report)
     units: Counter[str] = Counter()
     seen: set[str] = set()
+    keys_of: dict[str, list[str]] = {}  # each shard's sample keys in tar order (tile features)
     for entry, path in listed_shards(directory, manifest, report):
         before = path.stat()
         size = before.st_size
@@ -430,6 +431,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
             report.problems.append(f"shard {entry['name']}: sha256 differs from the manifest")
         count = 0
         order: list[str] = []  # the patient of each sample, for the shard's `patients` field
+        keys = keys_of.setdefault(entry["name"], [])
         try:
             for sample in iter_samples(path):
                 count += 1
@@ -440,6 +442,7 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
                     or sample["__key__"].split("__", 1)[0]
                 )
                 order.append(patient)
+                keys.append(sample["__key__"])
                 if sample["__key__"] in seen:
                     report.problems.append(
                         f"shard {entry['name']} sample {sample['__key__']}: "
@@ -479,6 +482,10 @@ def verify(directory: Path | str, *, decode: bool = True) -> VerifyReport:
     report.problems += problems
     if note:
         report.notes.append(note)
+    if manifest.get("tile_features"):  # the side-car of pgo-shards embed-tiles
+        from hpc_pgo.data.tile_features import check_tile_features
+
+        report.problems += check_tile_features(directory, manifest, keys_of)
     return report
 
 
@@ -660,6 +667,18 @@ def info(directory: Path | str) -> str:
         lines.append(f"dropped: {len(dropped)} ({top})")
     else:
         lines.append("dropped: none")
+    tiles = m.get("tile_features")
+    if tiles:
+        b = tiles["backbone"]
+        weights = (
+            f"weights {b['weights']} (backbone digest {b['digest'][:12]})"
+            if b.get("weights")
+            else f"random init, no weights (backbone digest {b['digest'][:12]})"
+        )
+        lines.append(
+            f"tile features: {b['arch']}, dim {tiles['dim']}, {tiles['units']} units, "
+            f"input {b['input_size']} px, {weights} (pgo-shards embed-tiles)"
+        )
     problem = digest_problem(m, directory)
     lines.append(f"manifest: {problem}" if problem else f"manifest: sealed ({DIGEST_KEY} matches)")
     return "\n".join(lines)

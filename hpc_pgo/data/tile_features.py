@@ -54,6 +54,7 @@ __all__ = [
     "RECORD_KEY",
     "TileFeatures",
     "backbone_digest",
+    "check_tile_features",
     "file_names",
     "read_tile_features",
     "recipe_digest",
@@ -73,7 +74,8 @@ def backbone_digest(arch: str, state_dict: Mapping[str, object]) -> str:
             continue
         tensor = tensor.detach().cpu().contiguous()
         h.update(f"\n{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()
 
 
@@ -232,3 +234,68 @@ def read_tile_features(
         _keys=tuple(keys),
         _runs={p: tuple(r) for p, r in runs.items()},
     )
+
+
+def check_tile_features(
+    shard_dir: Path | str,
+    manifest: Mapping,
+    sample_keys: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Every problem of the side-car recorded in `manifest`, one line each (verify's checks):
+    its digest against its backbone and recipe, and per shard of the manifest the pair present
+    with the recorded bytes and sha256, shapes (samples, dim) and dtype as recorded, values
+    finite, and the keys equal to `sample_keys[shard]` (the tar's keys in order) when given.
+    [] when nothing is recorded."""
+    shard_dir = Path(shard_dir)
+    record = manifest.get(RECORD_KEY)
+    if not record:
+        return []
+    where = f"{MANIFEST} {RECORD_KEY}"
+    try:
+        dim = int(record["dim"])
+        entries = {e["shard"]: e for e in record["shards"]}
+        digest_ok = record["digest"] == recipe_digest(record["backbone"], record["recipe"])
+    except (KeyError, TypeError, ValueError) as err:
+        return [f"{where}: not a tile-feature record ({type(err).__name__}: {err}); {REMEDY}"]
+    problems = [] if digest_ok else [
+        f"{where}: digest differs from its backbone and recipe (edited); {REMEDY}"
+    ]  # fmt: skip
+    for shard in manifest["shards"]:
+        entry = entries.get(shard["name"])
+        if entry is None:
+            problems.append(f"{where}: no entry for shard {shard['name']}; {REMEDY}")
+            continue
+        try:
+            key_path = _check_file(shard_dir, entry["keys"], verify=True)
+            feat_path = _check_file(shard_dir, entry["features"], verify=True)
+            keys = np.load(key_path, allow_pickle=False)
+            feats = np.load(feat_path, mmap_mode="r", allow_pickle=False)
+        except PgoError as err:
+            problems.append(str(err))
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            problems.append(
+                f"{shard_dir / DIRECTORY}: shard {shard['name']}: unreadable ({err}); {REMEDY}"
+            )
+            continue
+        n = int(shard["samples"])
+        if feats.shape != (n, dim) or feats.dtype != DTYPE:
+            problems.append(
+                f"{feat_path}: {feats.dtype} {feats.shape}; {MANIFEST} says ({n}, {dim}) float16 "
+                f"for shard {shard['name']}; {REMEDY}"
+            )
+        elif not np.isfinite(feats).all():
+            problems.append(f"{feat_path}: holds non-finite values; {REMEDY}")
+        if sample_keys is not None and shard["name"] in sample_keys:
+            expected = list(sample_keys[shard["name"]])
+            have = [str(k) for k in keys]
+            if have != expected:
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(have, expected, strict=False)) if a != b),
+                    min(len(have), len(expected)),
+                )
+                problems.append(
+                    f"{key_path}: keys differ from shard {shard['name']}'s samples (first at row "
+                    f"{first}: {len(have)} keys, {len(expected)} samples); {REMEDY}"
+                )
+    return problems

@@ -43,14 +43,18 @@ def similar_timm_names(arch: str, n: int = 8) -> list[str]:
 
 
 def _check_weights_cover(
-    model: nn.Module, stored: Mapping[str, object], path: Path, arch: str
+    model: nn.Module,
+    stored: Mapping[str, object],
+    path: Path,
+    arch: str,
+    key: str = "model.image.pretrained",
 ) -> None:
     """Refuse a weights file that lacks any of the model's tensors (timm loads non-strictly when
     it drops the classifier, so a checkpoint of another architecture would leave layers random)."""
     missing = [k for k in model.state_dict() if k not in stored]
     if missing:
         raise PgoError(
-            f"model.image.pretrained={str(path)!r} lacks {len(missing)} of the "
+            f"{key}={str(path)!r} lacks {len(missing)} of the "
             f"{len(model.state_dict())} tensors of {arch} (first: {missing[0]!r}); "
             f"valid: a state dict saved from timm.create_model({arch!r})"
         )
@@ -62,15 +66,19 @@ def create_backbone(
     pretrained: str | Path | None = None,
     image_size: int | None = None,
     drop_path: float = 0.0,
+    weights_key: str = "model.image.pretrained",
+    arch_key: str = "model.image.arch",
 ) -> nn.Module:
     """timm.create_model(arch, num_classes=0) -> module mapping (B, 3, H, W) to (B, num_features).
 
     image_size is passed as img_size only to architectures with a fixed input size (ViTs,
     T2T-ViT); convolutional nets take any size. pretrained: a local state dict path, or None.
+    weights_key, arch_key: how errors name `pretrained` and `arch` (the config keys, or CLI
+    flags such as --weights and --arch).
     """
     if not timm.is_model(arch):
         raise PgoError(
-            f"model.image.arch={arch!r} is not a timm architecture; similar names: "
+            f"{arch_key}={arch!r} is not a timm architecture; similar names: "
             f"{', '.join(similar_timm_names(arch)) or 'none'} (all: timm.list_models())"
         )
     kwargs: dict = {"num_classes": 0}
@@ -80,20 +88,20 @@ def create_backbone(
         kwargs["img_size"] = image_size
     stored = None
     if pretrained is not None:
-        stored = read_state_dict(pretrained, "model.image.pretrained")  # clear errors for bad files
+        stored = read_state_dict(pretrained, weights_key)  # clear errors for bad files
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
     try:
         model = timm.create_model(arch, **kwargs)
     except PgoError:
         raise
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
-        source = f" with model.image.pretrained={str(pretrained)!r}" if stored is not None else ""
+        source = f" with {weights_key}={str(pretrained)!r}" if stored is not None else ""
         raise PgoError(
-            f"model.image.arch={arch!r} could not be built{source} "
+            f"{arch_key}={arch!r} could not be built{source} "
             f"(timm.create_model kwargs {sorted(kwargs)}): {one_line(err)}"
         ) from err
     if stored is not None:
-        _check_weights_cover(model, stored, Path(pretrained), arch)
+        _check_weights_cover(model, stored, Path(pretrained), arch, weights_key)
     return model
 
 
