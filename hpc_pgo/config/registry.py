@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TypeVar
 
-__all__ = ["FUSIONS", "MODALITIES", "RNA_ENCODERS", "Registry"]
+__all__ = ["FUSIONS", "IMAGE_ENCODERS", "MODALITIES", "RNA_ENCODERS", "Registry", "reads_bags"]
 
 T = TypeVar("T")
 
@@ -73,3 +73,14 @@ MODALITIES = Registry("model.modalities", ("genomic", "image"))
 FUSIONS = Registry("model.fusion", ("concat", "kronecker"))
 # model.genomic.rna_encoder: the RNA inputs of the genomic branch (hpc_pgo.models.genomic).
 RNA_ENCODERS = Registry("model.genomic.rna_encoder", ("snn", "scgpt", "scgpt_mlpa", "none"))
+# model.image.encoder: how the image branch gives P (hpc_pgo.models.bags): backbone, the timm
+# network trained end to end on one image unit per sample (hpc_pgo.models.image); mean and abmil,
+# a MIL head over one patient's bag of frozen tile features (the side-car of
+# `pgo-shards embed-tiles`, hpc_pgo.data.tile_features), one sample per patient.
+IMAGE_ENCODERS = Registry("model.image.encoder", ("backbone", "mean", "abmil"))
+
+
+def reads_bags(encoder: object) -> bool:
+    """Whether model.image.encoder `encoder` reads bags of tile features (one sample = one
+    patient, hpc_pgo.data.bags) rather than images (one sample = one unit)."""
+    return encoder in IMAGE_ENCODERS and encoder != "backbone"

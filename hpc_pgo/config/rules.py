@@ -3,7 +3,8 @@
 Checked here, at submit time, so that a bad value fails once on the command line rather than in
 every fold of a job array. The value sets are read from the registries of the code that uses
 them, never copied here: model.fusion, model.genomic.rna_encoder and model.modalities from
-hpc_pgo.config.registry (the names the models bind their builders to), train.lr_schedule from
+hpc_pgo.config.registry (the names the models bind their builders to; model.image.encoder
+likewise), train.lr_schedule from
 hpc_pgo.engine.schedule.SCHEDULES, balance.mode from hpc_pgo.engine.modulation.BALANCE_MODES,
 deepspeed.dtype and deepspeed.zero_optimization.stage from hpc_pgo.engine.engine.
 
@@ -58,6 +59,7 @@ CHOICES: dict[str, tuple] = {
     "deepspeed.dtype": tuple(DTYPES),
     "model.fusion": registry.FUSIONS.names(),
     "model.genomic.rna_encoder": registry.RNA_ENCODERS.names(),
+    "model.image.encoder": registry.IMAGE_ENCODERS.names(),
     "train.lr_schedule": tuple(SCHEDULES),
     "balance.mode": tuple(BALANCE_MODES),
 }
@@ -296,7 +298,8 @@ def _check_modalities(cfg: DictConfig) -> None:
             f"does not hold (data.modalities={_shown(held)}); valid: a model using only "
             f"{', '.join(held)}, e.g. model={held[0] if len(held) == 1 else 'fusion'}"
         )
-    if "image" in wanted and cfg.data.image_size is None:
+    bags = registry.reads_bags(OmegaConf.select(cfg, "model.image.encoder", default="backbone"))
+    if "image" in wanted and cfg.data.image_size is None and not bags:  # bags carry features
         raise PgoError(
             f"model.modalities includes image but data.image_size is null (data={cfg.groups.data}); "
             "valid: the image side in pixels, e.g. data.image_size=64"

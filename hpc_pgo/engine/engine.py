@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Batch keys that are survival labels, not model inputs: kept in their dtype (never cast to bf16).
 LABEL_KEYS = ("time", "event")
+# Model outputs eval_outputs returns (those the model gives).
+EVAL_OUTPUTS = ("theta", "theta_g", "theta_p", "attention")
 # Keys of the DeepSpeed config that the engine owns: the optimizer and schedule are ours (the
 # step hooks live on our torch optimizer), the batch bookkeeping follows from train.batch_size.
 _OWNED_KEYS = ("optimizer", "scheduler")
@@ -255,7 +257,9 @@ class Engine:
         return int(self.ds.global_steps)
 
     def to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Tensors of the batch on the engine's device; float inputs (not time/event) in its dtype."""
+        """Tensors of the batch on the engine's device; float inputs (not time/event) in its
+        dtype; bool tensors (a bag's padding mask, hpc_pgo.data.bags) move uncast, and the
+        per-modality "mask" dict (read by no model) passes as it is."""
         out = {}
         for key, value in batch.items():
             if isinstance(value, torch.Tensor):
@@ -339,8 +343,9 @@ class Engine:
     @torch.no_grad()
     def eval_outputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The head's outputs of this rank's batch in eval mode (dropout off), no gradient, as
-        float32 (B,) tensors: "theta", and "theta_g", "theta_p" when the head splits additively
-        (concat with both modalities; see hpc_pgo.models.fusion)."""
+        float32 tensors: "theta" (B,), and "theta_g", "theta_p" (B,) when the head splits
+        additively (concat with both modalities; see hpc_pgo.models.fusion), "attention" (B, N)
+        with an attention-MIL image branch (hpc_pgo.models.bags; 0 on padding)."""
         was_training = self.ds.module.training
         self.ds.eval()
         try:
@@ -348,7 +353,7 @@ class Engine:
         finally:
             if was_training:
                 self.ds.train()
-        return {k: out[k].float() for k in ("theta", "theta_g", "theta_p") if k in out}
+        return {k: out[k].float() for k in EVAL_OUTPUTS if k in out}
 
     def eval_theta(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """theta (B,) float32 of this rank's batch in eval mode (dropout off), no gradient."""

@@ -4,12 +4,15 @@ build_model(model_cfg, feature_dims=..., image_size=...) reads the keys of confi
 the base every model= choice is merged onto; its values are the defaults (DEFAULTS is read from
 that file, the one place they are written, and its comments document each key). Any other key is
 refused. The names a key may take come from the registries (hpc_pgo.config.registry):
-model.modalities (MODALITIES), model.fusion (FUSIONS), model.genomic.rna_encoder (RNA_ENCODERS);
-model.image.arch is any timm architecture name (t2t_vit_* are registered by hpc_pgo).
+model.modalities (MODALITIES), model.fusion (FUSIONS), model.genomic.rna_encoder (RNA_ENCODERS),
+model.image.encoder (IMAGE_ENCODERS: backbone, or a MIL pool over tile-feature bags,
+hpc_pgo.models.bags); model.image.arch is any timm architecture name (t2t_vit_* are registered
+by hpc_pgo).
 
 The batch the model reads: one float32 tensor per field, (B, n_features) for omics groups and the
 embedding, (B, 3, H, W) for images, ImageNet-normalised as the loader serves them (the image
-branch maps them to its backbone's own mean/std: hpc_pgo.models.image.backbone_stats).
+branch maps them to its backbone's own mean/std: hpc_pgo.models.image.backbone_stats), or, with
+a bag encoder, (B, N, D) tile features with their (B, N) bool mask (hpc_pgo.data.bags).
 feature_dims gives the width of every omics/embedding field the shard set holds (e.g. from the
 manifest's groups, {"cnv": 80, "mut": 4, "rna": 240, "rna_emb": 512}).
 """
@@ -26,9 +29,9 @@ from torch import nn
 from hpc_pgo.config import registry
 from hpc_pgo.config.compose import GROUP_BASE_FILE, PACKAGE_CONFIGS, load_yaml
 from hpc_pgo.errors import PgoError
+from hpc_pgo.models.bags import IMAGE_ENCODERS
 from hpc_pgo.models.fusion import FUSIONS
 from hpc_pgo.models.genomic import GenomicEncoder
-from hpc_pgo.models.image import ImageEncoder
 
 __all__ = ["DEFAULTS", "MODALITIES", "SurvivalModel", "build_model", "resolve_model_cfg"]
 
@@ -112,6 +115,12 @@ _VALUE_RULES = {
     },
     "kronecker.skip": (lambda v: isinstance(v, bool), "true or false"),
     "image.out": (lambda v: v is None or _is_count(v), "a positive integer or null"),
+    "image.encoder": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "image.bag.field": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "image.bag.max_tiles": (_is_count, "a positive integer"),
+    "image.bag.hidden": (_is_count, "a positive integer"),
+    "image.bag.attention": (_is_count, "a positive integer"),
+    "image.bag.dropout": (_is_rate, "a number in [0, 1)"),
     "image.drop_path": (_is_rate, "a number in [0, 1)"),
 }
 
@@ -149,20 +158,28 @@ def resolve_model_cfg(model_cfg: Mapping | DictConfig) -> dict:
     cfg["modalities"] = [m for m in MODALITIES if m in modalities]  # genomic first: W = [W^G | W^P]
     if cfg["fusion"] not in FUSIONS:
         raise PgoError(f"model.fusion={cfg['fusion']!r} is unknown; valid: {', '.join(FUSIONS)}")
+    if cfg["image"]["encoder"] not in IMAGE_ENCODERS:
+        raise PgoError(
+            f"model.image.encoder={cfg['image']['encoder']!r} is unknown; valid: "
+            f"{', '.join(IMAGE_ENCODERS)}"
+        )
     return cfg
 
 
 class SurvivalModel(nn.Module):
-    """batch -> {"theta": (B,) log hazard, higher = worse} (+ "theta_g", "theta_p" for concat fusion).
+    """batch -> {"theta": (B,) log hazard, higher = worse} (+ "theta_g", "theta_p" for concat
+    fusion, + "attention" (B, N) for model.image.encoder=abmil).
 
-    Attributes: genomic (GenomicEncoder | None), image (ImageEncoder | None), fusion (the head),
-    cfg (the resolved model config).
+    Attributes: genomic (GenomicEncoder | None), image (an IMAGE_ENCODERS entry | None), fusion
+    (the head), cfg (the resolved model config). A branch returns its features (B, d), or a dict
+    of them under "features" with side outputs (the attention weights) passed through to the
+    model's outputs.
     """
 
     def __init__(
         self,
         genomic: GenomicEncoder | None,
-        image: ImageEncoder | None,
+        image: nn.Module | None,
         fusion: nn.Module,
         cfg: Mapping,
     ):
@@ -225,14 +242,23 @@ class SurvivalModel(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.check_fields(batch.keys(), source="the batch")
-        return self.fusion({m: enc(batch) for m, enc in self.encoders.items()})
+        features, side = {}, {}
+        for modality, enc in self.encoders.items():
+            out = enc(batch)
+            if isinstance(out, Mapping):
+                side.update({k: v for k, v in out.items() if k != "features"})
+                out = out["features"]
+            features[modality] = out
+        return {**self.fusion(features), **side}
 
 
 # modality -> builder(resolved cfg, feature_dims, image_size) -> branch module
 _BRANCHES = registry.MODALITIES.bind(
     {
         "genomic": lambda cfg, dims, size: GenomicEncoder(cfg["genomic"], dims),
-        "image": lambda cfg, dims, size: ImageEncoder(cfg["image"], size),
+        "image": lambda cfg, dims, size: IMAGE_ENCODERS[cfg["image"]["encoder"]](
+            cfg["image"], dims, size
+        ),
     }
 )
 
@@ -246,7 +272,8 @@ def build_model(
     """Build the SurvivalModel a model config describes (keys and defaults: module docstring).
 
     feature_dims: width of each omics/embedding field of the shard set; image_size: the side of
-    the (square) training images in pixels, or None for an omics-only cohort. Raises PgoError on
+    the (square) training images in pixels, or None for an omics-only cohort or a bag encoder
+    (feature_dims then holds the tile-feature field's width D). Raises PgoError on
     an unknown name (listing the valid ones) or a field the shard set lacks.
     """
     cfg = resolve_model_cfg(model_cfg)
