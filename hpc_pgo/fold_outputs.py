@@ -12,7 +12,9 @@ Layout, in ``fold_dir(run_dir, k)`` = ``<run_dir>/fold_<k>/``:
     modulation.csv     MODULATION    one row per optimizer step (rho, k, loss, branch C-index)
     tensorboard/       TENSORBOARD   the same scalars for TensorBoard
     checkpoints/       CHECKPOINTS   the newest DeepSpeed checkpoint (``latest`` names it)
-    predictions.csv    PREDICTIONS   one row per test unit (hpc_pgo.survival.read_predictions)
+    predictions.csv    PREDICTIONS   one row per test unit (hpc_pgo.survival.read_predictions);
+                                     with a bag encoder one per test patient, unit "bag"
+    attention.csv      ATTENTION     model.image.encoder=abmil: each test tile's attention weight
     metrics.json       METRICS       the fold's scores, with the config digest under DIGEST_KEY;
                                      written LAST
     error.txt          ERROR         a failed try: the one-line cause, then details
@@ -53,6 +55,7 @@ MODULATION = "modulation.csv"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 PREDICTIONS = "predictions.csv"
+ATTENTION = "attention.csv"
 METRICS = "metrics.json"
 ERROR = "error.txt"
 LOCK = ".lock"

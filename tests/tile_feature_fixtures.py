@@ -45,10 +45,10 @@ def backbone_features(arch: str = "lcnet_050", seed: int = 0) -> Features:
     import torch
     from PIL import Image
 
-    from hpc_pgo.data.stages import read_batches
     from hpc_pgo.data.epochs import EpochPlan
-    from hpc_pgo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from hpc_pgo.data.stages import read_batches
     from hpc_pgo.data.tile_features import backbone_digest
+    from hpc_pgo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     torch.manual_seed(seed)
     model = timm.create_model(arch, num_classes=0).eval()

@@ -25,6 +25,24 @@ EXECUTION_KEYS = (
 )  # fmt: skip
 
 
+# Keys added to the model config after run directories were written without them: left out of
+# config_digest while unused (model.image.encoder=backbone, the only behaviour before them), so a
+# run directory of an earlier config resumes and its finished folds are still finished.
+# (model.image path, absent or equal to this value -> drop these model.image keys)
+UNUSED_ADDITIONS = (("encoder", "backbone", ("encoder", "bag")),)
+
+
+def drop_unused_additions(model: dict) -> None:
+    """Remove UNUSED_ADDITIONS from a model config tree (cfg.model as a dict), in place."""
+    image = model.get("image") if isinstance(model, dict) else None
+    if not isinstance(image, dict):
+        return
+    for key, unused, drop in UNUSED_ADDITIONS:
+        if image.get(key, unused) == unused:
+            for name in drop:
+                image.pop(name, None)
+
+
 def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
     """Write cfg, resolved, to run_dir/config.yaml atomically and return that path.
 
@@ -66,8 +84,11 @@ def config_digest(cfg: DictConfig, exclude: Iterable[str] = EXECUTION_KEYS) -> s
 
     Canonical form: JSON with sorted keys and no whitespace, so the digest does not depend on
     key order or formatting; 1 and 1.0 differ (an int and a float are different settings).
+    Model keys added later are left out while unused (UNUSED_ADDITIONS).
     """
     tree = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(tree, dict):
+        drop_unused_additions(tree.get("model"))
     for key in exclude:
         *parents, leaf = key.split(".")
         node = tree

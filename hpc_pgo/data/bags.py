@@ -102,7 +102,9 @@ class BagPlan:
         return EpochPlan(shard_order=(), batches=self.batches)
 
 
-def bag_rows(n_tiles: int, *, max_tiles: int | None, seed: int, epoch: int, patient: str) -> tuple[int, ...]:
+def bag_rows(
+    n_tiles: int, *, max_tiles: int | None, seed: int, epoch: int, patient: str
+) -> tuple[int, ...]:
     """The rows of a bag of `n_tiles`: all of them, or (max_tiles set and exceeded) a uniform
     choice of max_tiles without replacement seeded by (seed, epoch, blake2b(patient)), sorted."""
     if max_tiles is None or n_tiles <= max_tiles:
@@ -265,7 +267,9 @@ def _bag_spec(
                 f"{data.shard_dir / MANIFEST}: patient {patient!r} has no tile features in the "
                 f"side-car ({data.shard_dir / 'tile_features'}); {REMEDY} on this shard set"
             )
-        units[patient] = () if patient in unavailable else tuple(k[len(patient) + 2 :] for k in keys)
+        units[patient] = (
+            () if patient in unavailable else tuple(k[len(patient) + 2 :] for k in keys)
+        )
     vectors = patient_vectors(data.shard_dir, data.manifest, groups, patients, verify=verify)
     row = {p: i for i, p in enumerate(vectors.patients)}
     omics: dict[str, dict[str, np.ndarray]] = {}

@@ -16,10 +16,15 @@ process); it knows nothing of Slurm. What it writes, in ``RUN_DIR/fold_<k>/``:
                        train.steps_per_checkpoint steps when set, when a budget runs out, at the end;
                        only the newest is kept
     predictions.csv    patient, unit, hazard (theta, log hazard, higher = worse), time, event: one
-                       row per test unit, from the FINAL model, or with train.val_fraction > 0 from
+                       row per test unit (with a bag encoder, model.image.encoder=mean|abmil: one
+                       row per test patient, unit "bag"), from the FINAL model, or with train.val_fraction > 0 from
                        the weights of the epoch chosen on validation patients (never on the test split);
                        with a concat head on both modalities also hazard_genomic, hazard_image:
                        the branch parts theta^G, theta^P (hazard = their sum)
+    attention.csv      model.image.encoder=abmil only: patient, unit (the unit name, without
+                       "<patient>__"), attention (the gated-attention softmax weight of the tile in
+                       its patient's bag; sums to 1 per patient): one row per test tile, from the
+                       same weights as predictions.csv, written before metrics.json
     metrics.json       fold C-index (patients' mean hazard, Harrell) and, with the branch parts,
                        cindex_genomic / cindex_image (each part scored alone, same protocol); loss
                        per epoch, wall time, config_digest; with validation also chosen_epoch,
@@ -28,7 +33,10 @@ process); it knows nothing of Slurm. What it writes, in ``RUN_DIR/fold_<k>/``:
     error.txt          on a failure inside training (NaN loss, bad input): one line, then details
 
 The loop, per epoch e: ``make_loader(split="train", epoch=e, rank, world_size)`` (the stream is
-fixed by (seed, epoch, rank, world size, batch size)), ``Engine.train_step`` per batch. Before
+fixed by (seed, epoch, rank, world size, batch size)), ``Engine.train_step`` per batch. With a
+bag encoder (model.image.encoder=mean|abmil) the loader is ``make_bag_loader`` instead: one
+sample per patient, its bag of frozen tile features from the shard set's side-car
+(hpc_pgo.data.bags; train.batch_size counts patients); the rest of the fold is the same. Before
 every step the torch RNG is seeded from (seed, fold, step, rank), so dropout masks depend on the
 step, not on the history of the process: a run resumed from a checkpoint at (epoch, batch) skips
 the batches already done and continues bit for bit as the uninterrupted run would. The loop
@@ -70,11 +78,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_pgo.atomic import write_text
 from hpc_pgo.config import EXECUTION_KEYS, config_digest, save_config
+from hpc_pgo.config.registry import reads_bags
 from hpc_pgo.data.inner import fold_of
 from hpc_pgo.engine.distributed import DistEnv, any_rank
 from hpc_pgo.engine.global_batch import micro_batch
 from hpc_pgo.errors import PgoError
 from hpc_pgo.fold_outputs import (
+    ATTENTION,
     CHECKPOINTS,
     ERROR,
     METRICS,
@@ -106,6 +116,7 @@ BRANCH_COLUMNS = {"hazard_genomic": "theta_g", "hazard_image": "theta_p"}
 # far one call goes, not what the fold computes, so a run may resume with other values.
 RESUME_EXCLUDE = EXECUTION_KEYS
 _TEST_BATCH = 64  # units per evaluation batch and rank (no gradient: memory is not the limit)
+BAG_UNIT = "bag"  # the unit of a bag encoder's prediction row: one per patient
 
 # A loader factory: loader(split, epoch, batch_size) -> this rank's batches of the fold's split.
 Loader = Callable[[str, int, int], Any]
@@ -136,7 +147,9 @@ class FoldInputs:
     the train split without them); model: built from cfg.model, identical initial weights on
     every rank; groups: the omics groups the model reads (z-scored), embeddings: the
     per-patient embedding fields of `pgo-shards embed-rna` it reads (served as stored), each
-    sorted; image_size: data.image_size when the model reads images, else None.
+    sorted; image_size: data.image_size when the model reads images, else None; bags: the
+    model's image branch reads bags of tile features (model.image.encoder=mean|abmil), served by
+    make_bag_loader with model.image.bag's field and max_tiles.
     """
 
     data: FoldData
@@ -144,6 +157,9 @@ class FoldInputs:
     groups: list[str]
     embeddings: list[str]
     image_size: int | None
+    bags: bool = False
+    bag_field: str | None = None
+    max_tiles: int | None = None
 
     @classmethod
     def open(cls, cfg: DictConfig, fold: int) -> FoldInputs:
@@ -165,7 +181,14 @@ class FoldInputs:
         embedded = dict(getattr(data, "embeddings", {}))  # field -> width (`pgo-shards embed-rna`)
         feature_dims = {**{group: len(names) for group, names in data.groups.items()}, **embedded}
         uses_image = "image" in cfg.model.modalities
-        image_size = int(cfg.data.image_size) if uses_image else None
+        bag = OmegaConf.select(cfg, "model.image.bag", default=None)
+        bags = uses_image and reads_bags(OmegaConf.select(cfg, "model.image.encoder"))
+        if bags:  # the side-car of `pgo-shards embed-tiles`; PgoError naming what to run
+            from hpc_pgo.data.tile_features import read_tile_features
+
+            features = read_tile_features(data.shard_dir, data.manifest, verify=False)
+            feature_dims[str(bag.field)] = features.dim
+        image_size = int(cfg.data.image_size) if uses_image and not bags else None
         torch.manual_seed(int(cfg.seed) + fold)  # identical initial weights on every rank
         model = build_model(cfg.model, feature_dims=feature_dims, image_size=image_size)
         available = set(feature_dims) | ({"image"} if data.image is not None else set())
@@ -176,6 +199,9 @@ class FoldInputs:
             groups=sorted(f for f in model.required_fields if f in data.groups),
             embeddings=sorted(f for f in model.required_fields if f in embedded),
             image_size=image_size,
+            bags=bags,
+            bag_field=str(bag.field) if bags else None,
+            max_tiles=int(bag.max_tiles) if bags else None,
         )
 
 
@@ -316,12 +342,14 @@ def _train_fold(run: FoldRun, inputs: FoldInputs) -> dict:
 
     if selection.enabled:  # the test predictions come from the epoch chosen on validation
         engine.ds.module.load_state_dict(selection.best_state)
-    predictions = _predict(engine, loader, fold)
+    attention: list[dict] = []
+    predictions = _predict(engine, loader, fold, attention=attention)
     metrics = None
     if env.is_main:
         metrics = _finish(
             run,
             predictions,
+            attention=attention,
             engine=engine,
             wall_s=checkpointer.wall_s(),
             calls=checkpointer.calls,
@@ -399,7 +427,9 @@ def _fit_rna_projection(model, data: FoldData, standardizer, is_main: bool) -> N
 
 def _loader_factory(run: FoldRun, inputs: FoldInputs, standardizer) -> Loader:
     """loader(split, epoch, batch_size): make_loader of this rank's share of the fold's `split`
-    (train, val, test), the stream fixed by (seed, epoch, rank, world size, batch size)."""
+    (train, val, test), the stream fixed by (seed, epoch, rank, world size, batch size); with a
+    bag encoder make_bag_loader (batches of patients) instead."""
+    from hpc_pgo.data.bags import make_bag_loader
     from hpc_pgo.data.loader import make_loader
 
     cfg, data = run.cfg, inputs.data
@@ -408,11 +438,17 @@ def _loader_factory(run: FoldRun, inputs: FoldInputs, standardizer) -> Loader:
         extra["embeddings"] = inputs.embeddings
     if data.val:  # the train split without, and a "val" split of, the held-out patients
         extra["holdout"] = data.val
+    if inputs.bags:
+        make, extra = make_bag_loader, {
+            **extra, "field": inputs.bag_field, "max_tiles": inputs.max_tiles,
+        }  # fmt: skip
+    else:
+        make, extra = make_loader, {**extra, "image_size": inputs.image_size}
 
     def loader(split: str, epoch: int, batch_size: int):
-        return make_loader(
+        return make(
             data.shard_dir, run.fold, split, batch_size=batch_size, groups=inputs.groups,
-            image_size=inputs.image_size, standardizer=standardizer, rank=run.env.rank,
+            standardizer=standardizer, rank=run.env.rank,
             world_size=run.env.world_size, epoch=epoch, seed=int(cfg.seed),
             num_workers=int(cfg.train.num_workers), shuffle_buffer=int(cfg.train.shuffle_buffer),
             **extra,
@@ -669,16 +705,38 @@ def _validation_cindex(engine: Engine, loader: Loader, fold: int) -> float | Non
 
 
 @torch.no_grad()
-def _predict(engine: Engine, loader: Loader, fold: int, split: str = "test") -> list[dict]:
-    """theta of every unit of `split` (test, val) once (each rank its share), gathered on every rank."""
-    rows = []
+def _predict(
+    engine: Engine,
+    loader: Loader,
+    fold: int,
+    split: str = "test",
+    *,
+    attention: list[dict] | None = None,
+) -> list[dict]:
+    """theta of every unit of `split` (test, val) once (each rank its share), gathered on every rank.
+
+    A bag batch (hpc_pgo.data.bags: its samples are patients, "units" lists each bag's tiles)
+    gives one row per patient, unit "bag". attention: when given and the model outputs
+    attention weights (abmil), it receives one row {patient, unit, attention} per tile, gathered
+    and sorted like the predictions.
+    """
+    rows, weights = [], []
     for batch in loader(split, 0, _TEST_BATCH):
         if not batch["key"]:
             continue
         outputs = {k: v.cpu().double().tolist() for k, v in engine.eval_outputs(batch).items()}
+        bag_units = batch.get("units")
         for i, key in enumerate(batch["key"]):
             patient = batch["patient"][i]
-            unit = key[len(patient) + 2 :] if key.startswith(patient + "__") else key
+            if bag_units is not None:
+                unit = BAG_UNIT
+                if attention is not None and "attention" in outputs:
+                    weights += [
+                        {"patient": patient, "unit": name, "attention": outputs["attention"][i][j]}
+                        for j, name in enumerate(bag_units[i])
+                    ]
+            else:
+                unit = key[len(patient) + 2 :] if key.startswith(patient + "__") else key
             row = {
                 "patient": patient, "unit": unit, "hazard": outputs["theta"][i],
                 "time": float(batch["time"][i]), "event": int(batch["event"][i]),
@@ -689,8 +747,11 @@ def _predict(engine: Engine, loader: Loader, fold: int, split: str = "test") -> 
             rows.append(row)
     if dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, rows)
-        rows = [row for part in parts for row in part]
+        dist.all_gather_object(parts, (rows, weights))
+        rows = [row for part in parts for row in part[0]]
+        weights = [row for part in parts for row in part[1]]
+    if attention is not None:
+        attention += sorted(weights, key=lambda r: (r["patient"], r["unit"]))
     return sorted(rows, key=lambda r: (r["patient"], r["unit"]))
 
 
@@ -698,14 +759,16 @@ def _finish(
     run: FoldRun,
     rows: list[dict],
     *,
+    attention: list[dict] = (),
     engine: Engine,
     wall_s: float,
     calls: int,
     validation: Mapping[str, Any],
 ) -> dict:
-    """Rank 0: predictions.csv, then metrics.json (last: it marks the fold complete).
+    """Rank 0: predictions.csv, attention.csv (abmil), then metrics.json (last: it marks the
+    fold complete).
 
-    rows: _predict's test rows; wall_s, calls: the fold's totals over all calls; validation:
+    rows: _predict's test rows; attention: its attention rows (empty: no attention.csv); wall_s, calls: the fold's totals over all calls; validation:
     metrics.json's validation keys (EpochSelection.metrics), {} without validation.
     """
     import pandas as pd
@@ -717,6 +780,9 @@ def _finish(
     frame = pd.DataFrame(rows, columns=["patient", "unit", "hazard", "time", "event", *branches])
     validate_predictions(frame, where=f"fold {fold} predictions")
     write_text(out / PREDICTIONS, frame.to_csv(index=False, float_format="%.10g"))
+    if attention:
+        weights = pd.DataFrame(list(attention), columns=["patient", "unit", "attention"])
+        write_text(out / ATTENTION, weights.to_csv(index=False, float_format="%.10g"))
     cindex = fold_cindex(frame)
     # each branch's own part of the head (theta^G, theta^P of Eq. 1) scored alone, by the same
     # protocol: the direct view of whether one modality dominates and the other is under-trained

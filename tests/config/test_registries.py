@@ -25,6 +25,14 @@ def test_rules_accept_exactly_the_registries_names():
         == tuple(RNA_ENCODERS)
     )
     assert rules.MODALITIES == registry.MODALITIES.names() == survival.MODALITIES
+    from hpc_pgo.models.bags import IMAGE_ENCODERS
+
+    assert (
+        rules.CHOICES["model.image.encoder"]
+        == registry.IMAGE_ENCODERS.names()
+        == tuple(IMAGE_ENCODERS)
+        == ("backbone", "mean", "abmil")
+    )
     assert rules.CHOICES["train.lr_schedule"] == tuple(SCHEDULES)
     assert rules.CHOICES["balance.mode"] == BALANCE_MODES
     assert rules.CHOICES["deepspeed.dtype"] == tuple(DTYPES)
@@ -36,6 +44,7 @@ def test_rules_accept_exactly_the_registries_names():
     [
         ("model.fusion", registry.FUSIONS),
         ("model.genomic.rna_encoder", registry.RNA_ENCODERS),
+        ("model.image.encoder", registry.IMAGE_ENCODERS),
         ("train.lr_schedule", SCHEDULES),
         ("balance.mode", BALANCE_MODES),
     ],
@@ -56,6 +65,8 @@ def test_every_registered_name_composes():
         assert cfg.model.genomic.rna_encoder == name
     for name in SCHEDULES:
         assert compose([f"train.lr_schedule={name}"]).train.lr_schedule == name
+    for name in registry.IMAGE_ENCODERS:
+        assert compose([f"model.image.encoder={name}"]).model.image.encoder == name
 
 
 def test_the_models_refuse_what_the_registry_does_not_hold_with_its_list():
@@ -63,6 +74,10 @@ def test_the_models_refuse_what_the_registry_does_not_hold_with_its_list():
 
     with pytest.raises(PgoError, match=r"valid: concat, kronecker$"):
         resolve_model_cfg({"fusion": "sum"})
+    with pytest.raises(
+        PgoError, match=r"model.image.encoder='clam' is unknown; valid: backbone, mean, abmil$"
+    ):
+        resolve_model_cfg({"image": {"encoder": "clam"}})
     with pytest.raises(PgoError, match=r"balance.mode='x' is unknown; valid: none, rho$"):
         BalanceWindow(mode="x")
 
