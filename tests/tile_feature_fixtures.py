@@ -33,15 +33,14 @@ def key_features(dim: int = 6) -> Features:
             rows.append(np.random.default_rng(seed).normal(size=dim))
         return np.asarray(rows, dtype=np.float32).reshape(len(keys), dim)
 
-    features.dim = dim
     features.backbone = {"arch": "key-hash", "digest": "0" * 64, "num_features": dim}
     return features
 
 
-def backbone_features(arch: str = "lcnet_050", seed: int = 0) -> Features:
-    """A real timm backbone (random weights seeded by `seed`, eval mode) over each sample's image,
-    decoded from the shard and ImageNet-normalised, at the shard set's image size."""
-    import timm
+def backbone_features(arch: str = "t2t_vit_7", image_size: int = 32, seed: int = 0) -> Features:
+    """A real timm backbone (random weights seeded by `seed`, eval mode; hpc_pgo's T2T-ViT-7 by
+    default: a random CNN's last zero-initialised norm gives near-constant features) over each
+    sample's image, decoded from the shard and ImageNet-normalised; images of `image_size` px."""
     import torch
     from PIL import Image
 
@@ -49,9 +48,10 @@ def backbone_features(arch: str = "lcnet_050", seed: int = 0) -> Features:
     from hpc_pgo.data.stages import read_batches
     from hpc_pgo.data.tile_features import backbone_digest
     from hpc_pgo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from hpc_pgo.models.image import create_backbone
 
     torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=0).eval()
+    model = create_backbone(arch, image_size=image_size).eval()
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -69,10 +69,9 @@ def backbone_features(arch: str = "lcnet_050", seed: int = 0) -> Features:
         with torch.no_grad():
             return model((x - mean) / std).numpy()
 
-    features.dim = model.num_features
     features.backbone = {
         "arch": arch, "digest": backbone_digest(arch, model.state_dict()),
-        "num_features": model.num_features,
+        "num_features": getattr(model, "head_hidden_size", None) or model.num_features,
     }  # fmt: skip
     return features
 
@@ -86,10 +85,11 @@ def write_tile_features(shard_dir: Path, features: Features, *, drop: str | None
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
     index = index_shards(shard_dir, manifest)
-    entries, units = [], 0
+    entries, units, dim = [], 0, None
     for name, keys in index.shards:
         keys = list(keys)
         values = np.asarray(features(shard_dir, manifest, name, keys))
+        dim = values.shape[1]
         if drop is not None:
             other = next((k for k in keys if index.patient_of[k] != drop), None)
             keys = [other if index.patient_of[k] == drop else k for k in keys]
@@ -97,7 +97,7 @@ def write_tile_features(shard_dir: Path, features: Features, *, drop: str | None
         units += len(keys)
     recipe: dict = {}
     record = {
-        "dir": DIRECTORY, "dim": int(features.dim), "dtype": "float16", "units": units,
+        "dir": DIRECTORY, "dim": int(dim), "dtype": "float16", "units": units,
         "backbone": features.backbone, "recipe": recipe,
         "digest": recipe_digest(features.backbone, recipe), "shards": entries,
     }  # fmt: skip
