@@ -136,3 +136,17 @@ def test_model_defaults_are_read_from_the_base_file():
     resolved = resolve_model_cfg(model)
     resolved["genomic"]["rna_snn"] = model["genomic"]["rna_snn"]
     assert resolved == deep_merge(BASE, read_yaml(CONFIGS / "model" / "path_gptomic.yaml"))
+
+
+def test_a_bag_encoder_needs_no_image_size_and_a_backbone_does():
+    cfg = compose(["model=image_abmil", "data.image_size=null"])
+    assert cfg.model.image.encoder == "abmil" and cfg.balance.mode == "none"
+    assert compose(["model=fusion_abmil"]).balance.mode == "rho"
+    with pytest.raises(
+        PgoError, match=r"model.modalities includes image but data.image_size is null"
+    ):
+        compose(["model=image", "data.image_size=null"])
+    with pytest.raises(
+        PgoError, match=r"model.image.encoder=clam is not valid; valid: backbone, mean, abmil"
+    ):
+        compose(["model.image.encoder=clam"])

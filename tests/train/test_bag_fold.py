@@ -4,6 +4,7 @@ balancing) on 2 gloo DeepSpeed ranks: its outputs, and a resumed fold's byte-ide
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,23 @@ def test_fusion_abmil_fold_on_two_ranks_and_its_resume(bag_shards, tmp_path):
     for name in ("predictions.csv", "attention.csv", "modulation.csv"):
         assert (parts / "fold_0" / name).read_bytes() == (fold / name).read_bytes(), name
     assert json.loads((parts / "fold_0" / "metrics.json").read_text())["calls"] == 2
+
+
+def test_a_shard_set_without_tile_features_is_refused_naming_the_command(bag_shards, tmp_path):
+    from hpc_pgo.data.shards import read_manifest, write_manifest
+    from hpc_pgo.errors import PgoError
+    from hpc_pgo.train.fold import FoldInputs
+
+    inputs = FoldInputs.open(fold_config(bag_shards, *ARGS), 0)
+    assert inputs.bags and inputs.image_size is None and inputs.max_tiles == 2
+    assert inputs.model.image.fc[0].in_features == 256  # T2T-ViT-7's features
+    copy = tmp_path / "copy"
+    shutil.copytree(bag_shards, copy)
+    manifest = read_manifest(copy)
+    del manifest["tile_features"]
+    write_manifest(copy, manifest)
+    with pytest.raises(PgoError, match=r"no tile features recorded; run `pgo-shards embed-tiles"):
+        FoldInputs.open(fold_config(copy, *ARGS), 0)
+    cfg = fold_config(copy, "model=fusion_small")
+    plain = FoldInputs.open(cfg, 0)  # the images still train end to end
+    assert not plain.bags and plain.image_size == cfg.data.image_size
