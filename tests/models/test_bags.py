@@ -178,3 +178,34 @@ def test_fusion_with_abmil_splits_theta_and_passes_attention_through():
     out = model(batch)
     torch.testing.assert_close(out["theta"], out["theta_g"] + out["theta_p"])
     assert out["attention"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("encoder", ["mean", "abmil"])
+def test_the_engines_device_move_casts_the_bag_to_bf16_and_keeps_the_mask_bool(encoder):
+    from types import SimpleNamespace
+
+    from hpc_pgo.engine.engine import Engine
+
+    engine = SimpleNamespace(
+        dist_env=SimpleNamespace(device=torch.device("cpu")), compute_dtype=torch.bfloat16
+    )
+    batch = {
+        **bags([3, 1, 0], width=3),
+        "time": torch.ones(3),
+        "event": torch.ones(3),
+        "units": [["a"]] * 3,
+    }
+    moved = Engine.to_device(engine, batch)
+    assert (
+        moved["tile_features"].dtype == torch.bfloat16
+        and moved["tile_features_mask"].dtype == torch.bool
+    )
+    assert moved["time"].dtype == torch.float32 and moved["units"] == batch["units"]
+    model = image_model(encoder).eval()
+    want = model(batch)
+    got = model.to(torch.bfloat16)(moved)
+    assert torch.isfinite(got["theta"]).all()
+    torch.testing.assert_close(got["theta"].float(), want["theta"], rtol=0.05, atol=0.05)
+    if encoder == "abmil":  # the softmax runs in float32 whatever the compute dtype
+        assert got["attention"].dtype == torch.float32
+        torch.testing.assert_close(got["attention"][:2].sum(1), torch.ones(2))
