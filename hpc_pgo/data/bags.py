@@ -6,7 +6,7 @@ hpc_pgo.data.tile_features), for the MIL image encoders (hpc_pgo.models.bags).
 one loader per pass, len() = batches of this rank, the stream fixed by (seed, epoch, rank,
 world_size, batch_size) whatever num_workers. Its stages, in order::
 
-    batch numbers of this rank        the plan (plan_bags): patients per batch, tile rows per patient
+    batch numbers of this rank        the plan (plan_bags): patients per batch, their tile rows
     -> wds.split_by_worker            worker w of n takes batches b = w (mod n)
     -> collate_bags                   the bags (memory-mapped rows), padding, omics z-scores
     FoldLoader, in the consuming process: tensors

@@ -93,7 +93,7 @@ class MeanPoolBag(_Bag):
 
 
 class GatedAttentionBag(_Bag):
-    """bag (B, N, D) + mask (B, N) -> {"features": P (B, out), "attention": a (B, N)} (module text)."""
+    """bag (B, N, D) + mask (B, N) -> {"features": P (B, out), "attention": a (B, N)}."""
 
     def __init__(self, cfg: Mapping, feature_dims: Mapping[str, int]):
         super().__init__(cfg, feature_dims)

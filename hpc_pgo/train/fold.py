@@ -17,8 +17,9 @@ process); it knows nothing of Slurm. What it writes, in ``RUN_DIR/fold_<k>/``:
                        only the newest is kept
     predictions.csv    patient, unit, hazard (theta, log hazard, higher = worse), time, event: one
                        row per test unit (with a bag encoder, model.image.encoder=mean|abmil: one
-                       row per test patient, unit "bag"), from the FINAL model, or with train.val_fraction > 0 from
-                       the weights of the epoch chosen on validation patients (never on the test split);
+                       row per test patient, unit "bag"), from the FINAL model, or with
+                       train.val_fraction > 0 from the weights of the epoch chosen on validation
+                       patients (never on the test split);
                        with a concat head on both modalities also hazard_genomic, hazard_image:
                        the branch parts theta^G, theta^P (hazard = their sum)
     attention.csv      model.image.encoder=abmil only: patient, unit (the unit name, without
@@ -67,7 +68,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ BRANCH_COLUMNS = {"hazard_genomic": "theta_g", "hazard_image": "theta_p"}
 # EXECUTION_KEYS include the budgets (train.stop_after_*, steps_per_checkpoint): they decide how
 # far one call goes, not what the fold computes, so a run may resume with other values.
 RESUME_EXCLUDE = EXECUTION_KEYS
-_TEST_BATCH = 64  # units per evaluation batch and rank (no gradient: memory is not the limit)
+_TEST_BATCH = 64  # units (bags) per evaluation batch and rank (no gradient: memory is no limit)
 BAG_UNIT = "bag"  # the unit of a bag encoder's prediction row: one per patient
 
 # A loader factory: loader(split, epoch, batch_size) -> this rank's batches of the fold's split.
@@ -759,7 +760,7 @@ def _finish(
     run: FoldRun,
     rows: list[dict],
     *,
-    attention: list[dict] = (),
+    attention: Sequence[dict] = (),
     engine: Engine,
     wall_s: float,
     calls: int,
@@ -768,8 +769,9 @@ def _finish(
     """Rank 0: predictions.csv, attention.csv (abmil), then metrics.json (last: it marks the
     fold complete).
 
-    rows: _predict's test rows; attention: its attention rows (empty: no attention.csv); wall_s, calls: the fold's totals over all calls; validation:
-    metrics.json's validation keys (EpochSelection.metrics), {} without validation.
+    rows: _predict's test rows; attention: its attention rows (empty: no attention.csv);
+    wall_s, calls: the fold's totals over all calls; validation: metrics.json's validation keys
+    (EpochSelection.metrics), {} without validation.
     """
     import pandas as pd
 

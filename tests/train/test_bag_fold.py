@@ -1,5 +1,5 @@
 """A real fold of model=fusion_abmil (genomic + attention-MIL over frozen tile features, rho
-balancing) on 2 gloo DeepSpeed ranks: its outputs, and a resumed fold's byte-identical predictions."""
+balancing) on 2 gloo DeepSpeed ranks: its outputs, and a resumed fold's byte-identical outputs."""
 
 from __future__ import annotations
 
