@@ -103,3 +103,24 @@ def test_a_shard_set_without_tile_features_is_refused_naming_the_command(bag_sha
     cfg = fold_config(copy, "model=fusion_small")
     plain = FoldInputs.open(cfg, 0)  # the images still train end to end
     assert not plain.bags and plain.image_size == cfg.data.image_size
+
+
+@pytest.mark.slow
+def test_image_mean_fold_chooses_on_validation_patients_and_writes_no_attention(
+    bag_shards, tmp_path
+):
+    from hpc_pgo.train.fold import train_fold
+
+    args = (
+        "model=image_mean", "train.epochs=2", "train.batch_size=4", "model.image.bag.hidden=8",
+        "model.image.out=8", "train.val_fraction=0.2",
+    )  # fmt: skip
+    metrics = train_fold(fold_config(bag_shards, *args), 0, tmp_path / "run")
+    fold = tmp_path / "run" / "fold_0"
+    data = open_fold(bag_shards, 0)
+    assert metrics["n_val_patients"] > 0 and metrics["chosen_epoch"] in (0, 1)
+    assert metrics["n_test_units"] == metrics["n_test_patients"] == len(data.test)
+    assert not (fold / "attention.csv").exists()
+    predictions = read_predictions(fold / "predictions.csv")
+    assert sorted(predictions["patient"]) == sorted(data.test)
+    assert set(predictions["unit"]) == {"bag"} and "hazard_image" not in predictions
