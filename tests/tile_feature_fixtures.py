@@ -1,15 +1,14 @@
 """Test helper: write the tile-feature side-car (hpc_pgo.data.tile_features) of a shard set.
 
-Stands in for `pgo-shards embed-tiles` (being built elsewhere; it will replace this): for every
-shard of the manifest, the features of its samples in tar order, one pair of files per shard,
-and the manifest record. ``key_features`` is a deterministic array per key (for loader tests);
-``backbone_features`` runs a real small timm backbone over the shard's decoded images.
+For the loader's tests, where the values need only be known: for every shard of the manifest,
+the features of its samples in tar order, one pair of files per shard, and the manifest record,
+with ``key_features`` a deterministic vector per key, and a way to write a side-car that lacks a
+patient. The fold's tests run the real `pgo-shards embed-tiles` (hpc_pgo.data.embed_tiles).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,45 +33,6 @@ def key_features(dim: int = 6) -> Features:
         return np.asarray(rows, dtype=np.float32).reshape(len(keys), dim)
 
     features.backbone = {"arch": "key-hash", "digest": "0" * 64, "num_features": dim}
-    return features
-
-
-def backbone_features(arch: str = "t2t_vit_7", image_size: int = 32, seed: int = 0) -> Features:
-    """A real timm backbone (random weights seeded by `seed`, eval mode; hpc_pgo's T2T-ViT-7 by
-    default: a random CNN's last zero-initialised norm gives near-constant features) over each
-    sample's image, decoded from the shard and ImageNet-normalised; images of `image_size` px."""
-    import torch
-    from PIL import Image
-
-    from hpc_pgo.data.epochs import EpochPlan
-    from hpc_pgo.data.stages import read_batches
-    from hpc_pgo.data.tile_features import backbone_digest
-    from hpc_pgo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from hpc_pgo.models.image import create_backbone
-
-    torch.manual_seed(seed)
-    model = create_backbone(arch, image_size=image_size).eval()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-    def features(shard_dir: Path, manifest: dict, name: str, keys: Sequence[str]) -> np.ndarray:
-        image_format = manifest["image"].get("format", "png")
-        index = index_shards(shard_dir, manifest, names={name})
-        plan = EpochPlan(shard_order=(name,), batches=(tuple(keys),))
-        (samples,) = read_batches(
-            [0], plan=plan, index=index, shard_dir=shard_dir, suffixes=frozenset({image_format})
-        )
-        images = [
-            np.asarray(Image.open(io.BytesIO(s[image_format])).convert("RGB")) for s in samples
-        ]
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-        with torch.no_grad():
-            return model((x - mean) / std).numpy()
-
-    features.backbone = {
-        "arch": arch, "digest": backbone_digest(arch, model.state_dict()),
-        "num_features": getattr(model, "head_hidden_size", None) or model.num_features,
-    }  # fmt: skip
     return features
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpc_pgo.data.cli import main as pgo_shards
 from hpc_pgo.data.folds import open_fold
 from hpc_pgo.survival import read_predictions
-from tests.tile_feature_fixtures import backbone_features, write_tile_features
 from tests.train.conftest import build_demo, fold_config, train_fold_on_two_ranks
 
 # tiny: 24 patients x 3 ROIs; 2 ranks x 2 patients per step, 2 epochs of 4 steps; bags capped at
@@ -27,12 +27,14 @@ ARGS = (
 
 @pytest.fixture(scope="module")
 def bag_shards(tmp_path_factory) -> Path:
-    """The demo simulator's shards with a side-car of T2T-ViT-7 features of every ROI."""
+    """The demo simulator's shards with the side-car of `pgo-shards embed-tiles`: T2T-ViT-7
+    (random init) features of every ROI, at the tiles' 32 px."""
     out = build_demo(
         tmp_path_factory.mktemp("bag_fold") / "demo", "--patients", "24", "--rois", "3",
         "--image-size", "32",
     )  # fmt: skip
-    write_tile_features(out, backbone_features("t2t_vit_7", image_size=32))
+    embed = ["embed-tiles", str(out), "--arch", "t2t_vit_7", "--input-size", "32", "--no-progress"]
+    assert pgo_shards(embed) == 0
     return out
 
 
