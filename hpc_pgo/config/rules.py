@@ -87,6 +87,10 @@ LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "train.val_fraction": (0, False),
     "model.genomic.rna_input_dropout": (0, False),
     "model.genomic.rna_pcs": (0, False),
+    "model.image.bag.max_tiles": (1, False),
+    "model.image.bag.hidden": (1, False),
+    "model.image.bag.attention": (1, False),
+    "model.image.bag.dropout": (0, False),
     "balance.alpha": (0, False),
     "balance.start_epoch": (0, False),
     "balance.end_epoch": (0, False),
@@ -310,6 +314,7 @@ def _check_modalities(cfg: DictConfig) -> None:
 BELOW_ONE: dict[str, str] = {
     "train.val_fraction": "the share of each fold's train patients held out for validation; 0 = none",
     "model.genomic.rna_input_dropout": "the dropout rate on the RNA values; 0 = none",
+    "model.image.bag.dropout": "the dropout rate of the bag encoders' tile MLP; 0 = none",
 }
 
 

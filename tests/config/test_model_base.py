@@ -150,3 +150,22 @@ def test_a_bag_encoder_needs_no_image_size_and_a_backbone_does():
         PgoError, match=r"model.image.encoder=clam is not valid; valid: backbone, mean, abmil"
     ):
         compose(["model.image.encoder=clam"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "model.image.bag.max_tiles=0",
+            "model.image.bag.max_tiles=0 is not valid; valid: a number >= 1",
+        ),
+        (
+            "model.image.bag.dropout=1.0",
+            "model.image.bag.dropout=1.0 is not valid; valid: a number in [0, 1)",
+        ),
+    ],
+)
+def test_bad_bag_values_are_refused_at_compose_time(override, message):
+    with pytest.raises(PgoError) as caught:
+        compose(["model=image_abmil", override])
+    assert str(caught.value).startswith(message)
