@@ -4,7 +4,7 @@ A sample's members (shards/README.md): ``<group>.npy`` (float32, 1-D, written wi
 ``surv.json`` and ``mask.json`` (compact JSON, sorted keys: the same record gives the same
 bytes), the image (png / jpg). A side-car (`omics.npz`, `rna_emb.npz`) is a zip of .npy members
 stored uncompressed with fixed timestamps: the same arrays give the same bytes. Nothing here
-unpickles. Every writer and reader of the format encodes and decodes through these functions.
+unpickles. Every writer and reader of the format encodes and decodes through these functions; ``patient_of_key`` maps a sample key to its patient.
 """
 
 from __future__ import annotations
@@ -85,3 +85,18 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     the file is not one."""
     with np.load(path, allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
+
+
+def patient_of_key(key: str, patients: Mapping[str, object]) -> str | None:
+    """The patient of a key `<patient>__<unit>` (or `<patient>` alone), or None if none matches.
+
+    Patient ids may themselves contain '__': every split point is tried, left to right.
+    """
+    if key in patients:
+        return key
+    cut = key.find("__")
+    while cut > 0:
+        if key[:cut] in patients:
+            return key[:cut]
+        cut = key.find("__", cut + 1)
+    return None

@@ -30,7 +30,7 @@ from PIL import Image
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from hpc_pgo import atomic
-from hpc_pgo.data.members import MANIFEST, load_npy, sha256_file
+from hpc_pgo.data.members import MANIFEST, load_npy, patient_of_key, sha256_file
 from hpc_pgo.data.sidecar import AVAILABLE, OMICS_TABLE, read_patient_table
 from hpc_pgo.errors import PgoError
 
@@ -127,21 +127,6 @@ def shard_record(path: Path) -> dict:
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
-
-
-def patient_of_key(key: str, patients: Mapping[str, object]) -> str | None:
-    """The patient of a key `<patient>__<unit>` (or `<patient>` alone), or None if none matches.
-
-    Patient ids may themselves contain '__': every split point is tried, left to right.
-    """
-    if key in patients:
-        return key
-    cut = key.find("__")
-    while cut > 0:
-        if key[:cut] in patients:
-            return key[:cut]
-        cut = key.find("__", cut + 1)
-    return None
 
 
 def patient_runs(patients: list[str]) -> list[list]:

@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from hpc_pgo import atomic
-from hpc_pgo.data.members import MANIFEST, sha256_file
-from hpc_pgo.data.shards import patient_of_key
+from hpc_pgo.data.members import MANIFEST, patient_of_key, sha256_file
 from hpc_pgo.errors import PgoError
 
 RECORD_KEY = "tile_features"  # the manifest key
@@ -172,11 +171,17 @@ class TileFeatures:
 def _check_file(shard_dir: Path, ref: Mapping, *, verify: bool) -> Path:
     path = shard_dir / str(ref.get("file", ""))
     if not str(ref.get("file", "")).startswith(DIRECTORY + "/") or ".." in Path(ref["file"]).parts:
-        raise PgoError(f"{shard_dir / MANIFEST}: tile_features file {ref.get('file')!r} is not in {DIRECTORY}/")
+        raise PgoError(
+            f"{shard_dir / MANIFEST}: tile_features file {ref.get('file')!r} is not in {DIRECTORY}/"
+        )
     if not path.is_file():
         raise PgoError(f"{path}: missing, but {MANIFEST} records it; {REMEDY}")
-    if path.stat().st_size != ref.get("bytes") or (verify and sha256_file(path) != ref.get("sha256")):
-        raise PgoError(f"{path}: differs from the sha256 in {MANIFEST} (replaced or damaged); {REMEDY}")
+    if path.stat().st_size != ref.get("bytes") or (
+        verify and sha256_file(path) != ref.get("sha256")
+    ):
+        raise PgoError(
+            f"{path}: differs from the sha256 in {MANIFEST} (replaced or damaged); {REMEDY}"
+        )
     return path
 
 
@@ -220,7 +225,9 @@ def read_tile_features(
         for row, key in enumerate(list(shard_keys) + [None]):
             patient = None if key is None else patient_of_key(str(key), patients)
             if key is not None and patient is None:
-                raise PgoError(f"{key_path}: key {str(key)!r} is no patient of {MANIFEST}; {REMEDY}")
+                raise PgoError(
+                    f"{key_path}: key {str(key)!r} is no patient of {MANIFEST}; {REMEDY}"
+                )
             if patient != current:
                 if current is not None:
                     runs.setdefault(current, []).append((index, start, row))
