@@ -57,15 +57,15 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from hpc_pgo.data.epochs import EpochPlan, _stream_seed
+from hpc_pgo.data.epochs import EpochPlan, stream_seed
 from hpc_pgo.data.folds import FoldData, check_split, open_fold
 from hpc_pgo.data.loader import (
     FoldLoader,
     FoldPipeline,
-    _batch_numbers,
-    _embedding_table,
-    _positive,
-    _unchanged,
+    batch_numbers,
+    embedding_table,
+    keep_collated,
+    positive_int,
 )
 from hpc_pgo.data.patients import check_groups, patient_vectors
 from hpc_pgo.data.shards import MANIFEST
@@ -110,7 +110,7 @@ def bag_rows(
     if max_tiles is None or n_tiles <= max_tiles:
         return tuple(range(n_tiles))
     digest = int.from_bytes(hashlib.blake2b(patient.encode(), digest_size=8).digest(), "little")
-    rng = np.random.default_rng(_stream_seed(seed, epoch, digest))
+    rng = np.random.default_rng(stream_seed(seed, epoch, digest))
     return tuple(int(i) for i in np.sort(rng.choice(n_tiles, max_tiles, replace=False)))
 
 
@@ -130,7 +130,7 @@ def plan_bags(
     text). tiles: patient -> its number of tiles. A function of its arguments alone."""
     patients = sorted(patients)
     if split == "train":
-        order = np.random.default_rng(_stream_seed(seed, epoch)).permutation(len(patients))
+        order = np.random.default_rng(stream_seed(seed, epoch)).permutation(len(patients))
         per_rank = (len(patients) // world_size) // batch_size * batch_size
         if per_rank == 0:
             raise PgoError(
@@ -325,9 +325,9 @@ def make_bag_loader(
         ("batch_size", batch_size, 1), ("world_size", world_size, 1), ("epoch", epoch, 0),
         ("seed", seed, 0), ("num_workers", num_workers, 0), ("shuffle_buffer", shuffle_buffer, 1),
     ):  # fmt: skip
-        _positive(name, value, minimum)
+        positive_int(name, value, minimum)
     if max_tiles is not None:
-        _positive("max_tiles", max_tiles, 1)
+        positive_int("max_tiles", max_tiles, 1)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise PgoError(f"rank = {rank!r}; valid: 0..{world_size - 1} for world_size {world_size}")
     check_groups(data.manifest, list(groups), data.shard_dir)
@@ -342,9 +342,9 @@ def make_bag_loader(
         patients, tiles, split, rank=rank, world_size=world_size, batch_size=batch_size,
         epoch=epoch, seed=seed, max_tiles=max_tiles if split == "train" else None,
     )  # fmt: skip
-    table = _embedding_table(data, list(embeddings), verify=verify)
+    table = embedding_table(data, list(embeddings), verify=verify)
     pipeline = FoldPipeline(
-        functools.partial(_batch_numbers, len(plan.batches)),
+        functools.partial(batch_numbers, len(plan.batches)),
         wds.split_by_worker,
         functools.partial(collate_bags, plan=plan, spec=spec, embeddings=table),
         batches=len(plan.batches),
@@ -353,5 +353,5 @@ def make_bag_loader(
         "fold %d %s rank %d/%d epoch %d: %d batches of patients, %d patients",
         fold, split, rank, world_size, epoch, len(plan.batches), len(plan.patients),
     )  # fmt: skip
-    loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=_unchanged)
+    loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=keep_collated)
     return FoldLoader(loader, plan.as_epoch_plan())

@@ -54,7 +54,7 @@ class EpochPlan:
         return [key for batch in self.batches for key in batch]
 
 
-def _stream_seed(*numbers: int) -> int:
+def stream_seed(*numbers: int) -> int:
     """A 64-bit seed from non-negative integers (numpy's SeedSequence hashing: no Python hash())."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0])
 
@@ -76,7 +76,7 @@ def plan_train(
     uniform choice of W*n*B (same seed) is dealt round-robin to the ranks; the rank's units are
     shuffled with webdataset.shuffle(bufsize=initial=shuffle_buffer) seeded by (seed, epoch, rank).
     """
-    order_rng = np.random.default_rng(_stream_seed(seed, epoch))
+    order_rng = np.random.default_rng(stream_seed(seed, epoch))
     names = [name for name, _ in index.shards]
     shard_order = [names[i] for i in order_rng.permutation(len(names))]
     wanted = set(keys)
@@ -93,7 +93,7 @@ def plan_train(
     shuffle = wds.shuffle(
         bufsize=shuffle_buffer,
         initial=shuffle_buffer,
-        rng=random.Random(_stream_seed(seed, epoch, rank)),
+        rng=random.Random(stream_seed(seed, epoch, rank)),
     )
     own = list(shuffle(iter(own)))
     batches = tuple(tuple(own[i : i + batch_size]) for i in range(0, per_rank, batch_size))
@@ -210,7 +210,7 @@ def rank_share(
     two ranks, each its own units.
     """
     if split == "train":
-        order = np.random.default_rng(_stream_seed(seed, epoch)).permutation(len(layout))
+        order = np.random.default_rng(stream_seed(seed, epoch)).permutation(len(layout))
         stream = [layout[i] for i in order if layout[i][1]]
         total = sum(units for _, units in stream)
         share = total // world_size
@@ -256,12 +256,12 @@ def plan_train_share(
     """A rank's train batches from its own units (slice_keys of rank_share): a uniform choice of
     batches * B of them seeded by (seed, epoch, rank), kept in stream order, then shuffled with
     webdataset.shuffle(bufsize=initial=shuffle_buffer) seeded by (seed, epoch, rank)."""
-    chooser = np.random.default_rng(_stream_seed(seed, epoch, rank, 1))
+    chooser = np.random.default_rng(stream_seed(seed, epoch, rank, 1))
     kept = np.sort(chooser.choice(len(keys), batches * batch_size, replace=False))
     shuffle = wds.shuffle(
         bufsize=shuffle_buffer,
         initial=shuffle_buffer,
-        rng=random.Random(_stream_seed(seed, epoch, rank)),
+        rng=random.Random(stream_seed(seed, epoch, rank)),
     )
     own = list(shuffle(keys[i] for i in kept))
     return EpochPlan(

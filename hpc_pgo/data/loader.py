@@ -118,17 +118,17 @@ def _as_tensors(batch: dict) -> dict:
     return out
 
 
-def _unchanged(batch: dict) -> dict:
+def keep_collated(batch: dict) -> dict:
     """DataLoader collate_fn: keep numpy arrays as they are (its default makes tensors of them)."""
     return batch
 
 
-def _batch_numbers(count: int) -> Iterator[int]:
+def batch_numbers(count: int) -> Iterator[int]:
     """Pipeline source: 0 .. count-1 (a named function so that the pipeline pickles)."""
     return iter(range(count))
 
 
-def _positive(name: str, value: object, minimum: int) -> int:
+def positive_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise PgoError(f"{name} = {value!r}; valid: an integer >= {minimum}")
     return value
@@ -147,7 +147,7 @@ def unit_spec(
     check_groups(data.manifest, groups, data.shard_dir)
     image_format = None
     if image_size is not None:
-        _positive("image_size", image_size, 1)
+        positive_int("image_size", image_size, 1)
         if data.image is None:
             raise PgoError(
                 f"{data.shard_dir / MANIFEST}: this shard set has no images (manifest "
@@ -211,12 +211,12 @@ def make_loader(
             "split 'val' serves the validation patients, and none were given; valid: "
             "make_loader(..., holdout=<train patients held out>) or split 'train' / 'test'"
         )
-    _positive("batch_size", batch_size, 1)
-    _positive("world_size", world_size, 1)
-    _positive("epoch", epoch, 0)
-    _positive("seed", seed, 0)
-    _positive("num_workers", num_workers, 0)
-    _positive("shuffle_buffer", shuffle_buffer, 1)
+    positive_int("batch_size", batch_size, 1)
+    positive_int("world_size", world_size, 1)
+    positive_int("epoch", epoch, 0)
+    positive_int("seed", seed, 0)
+    positive_int("num_workers", num_workers, 0)
+    positive_int("shuffle_buffer", shuffle_buffer, 1)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise PgoError(f"rank = {rank!r}; valid: 0..{world_size - 1} for world_size {world_size}")
     spec = unit_spec(
@@ -225,7 +225,7 @@ def make_loader(
     )  # fmt: skip
     if standardizer is not None:
         check_standardizer(standardizer, data, list(spec.groups))
-    table = _embedding_table(data, list(embeddings), verify=verify)
+    table = embedding_table(data, list(embeddings), verify=verify)
     plan, index = plan_rank(
         data,
         split,
@@ -238,7 +238,7 @@ def make_loader(
         verify=verify,
     )
     pipeline = FoldPipeline(
-        functools.partial(_batch_numbers, len(plan.batches)),
+        functools.partial(batch_numbers, len(plan.batches)),
         wds.split_by_worker,
         functools.partial(
             read_batches, plan=plan, index=index, shard_dir=data.shard_dir, suffixes=spec.suffixes
@@ -257,11 +257,11 @@ def make_loader(
         len(plan.batches),
         len(plan.keys),
     )
-    loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=_unchanged)
+    loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=keep_collated)
     return FoldLoader(loader, plan)
 
 
-def _embedding_table(
+def embedding_table(
     data: FoldData, fields: Sequence[str], *, verify: bool
 ) -> EmbeddingTable | None:
     """The side-car's arrays of the requested embedding fields only (None when none are asked for)."""
