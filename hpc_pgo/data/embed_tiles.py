@@ -17,7 +17,8 @@ config for fixed-size models (ViTs, T2T-ViT), else the stored tile size (convolu
 any size: the tiles are not rescaled), else the data config's.
 
 Output (layout and record: hpc_pgo.data.tile_features, shards/README.md): per shard
-`tile_features/<stem>.npy` float16 (n, D) and `<stem>.keys.npy`, each written atomically, and
+`tile_features/<set>/<stem>.npy` float16 (n, D) and `<stem>.keys.npy` (<set>: the first 16 hex
+digits of the record's digest), each written atomically, and
 manifest["tile_features"] (the manifest rewritten atomically; the tars are not touched, so their
 sha256 in the manifest stay valid and `pgo-shards verify` still passes; it then checks the
 side-car too). The recipe (view, input size, precision, the shards' sha256) and the backbone
@@ -28,8 +29,8 @@ entries of the shards done) are written atomically; a rerun with the same digest
 whose files still have the recorded sha256, a run with another digest starts over. At the end the
 manifest record is written and progress.json removed. Idempotent: a recorded feature set of the
 same digest whose files are intact is left as it is (nothing computed); --force recomputes.
-Recomputing with another recipe overwrites the files in place: until it ends, the old record no
-longer matches them (read_tile_features and verify say so).
+Recomputing with another backbone or recipe writes into its own set folder: the recorded set
+stays whole and readable until the manifest names the new one; then the old folder is removed.
 
 A sample that does not decode: PgoError naming the shard and key; the manifest is not changed.
 """
@@ -56,6 +57,7 @@ from hpc_pgo.data.tile_features import (
     backbone_digest,
     read_tile_features,
     recipe_digest,
+    set_folder,
     write_shard_features,
 )
 from hpc_pgo.errors import PgoError
@@ -295,6 +297,22 @@ def _write_progress(shard_dir: Path, digest: str, entries: list[dict]) -> None:
     )
 
 
+def _remove_other_sets(shard_dir: Path, record: dict) -> None:
+    """Once the manifest names the new feature set: delete the files of tile_features/ that it
+    does not record (an older set's folder, the flat files of a set written before set folders).
+    A reader that memory-mapped an old file keeps its pages (POSIX unlink)."""
+    import shutil
+
+    keep = {f["file"] for e in record["shards"] for f in (e["features"], e["keys"])}
+    folders = {str(Path(f).parent) for f in keep}
+    for child in sorted((shard_dir / DIRECTORY).iterdir()):
+        rel = f"{DIRECTORY}/{child.name}"
+        if child.is_dir() and rel not in folders:
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and child.suffix == ".npy" and rel not in keep:
+            child.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- embed-tiles
 
 
@@ -374,7 +392,7 @@ def embed_tiles(
                     f"shard {name}: {len(keys)} samples, {MANIFEST} says {shard['samples']}; "
                     "run pgo-shards verify"
                 )
-            entries.append(write_shard_features(shard_dir, name, keys, feats))
+            entries.append(write_shard_features(shard_dir, name, keys, feats, set_folder(digest)))
             _write_progress(shard_dir, digest, entries)
             result.computed.append(name)
             result.units_computed += len(keys)
@@ -395,6 +413,7 @@ def embed_tiles(
     manifest[RECORD_KEY] = record
     write_manifest(shard_dir, manifest)
     (shard_dir / PROGRESS).unlink(missing_ok=True)
+    _remove_other_sets(shard_dir, record)
     result.record = record
     return result
 

@@ -3,11 +3,16 @@
 Written by `pgo-shards embed-tiles` (hpc_pgo.data.embed_tiles), read by the bag loader
 (hpc_pgo.data.bags) and checked by `pgo-shards verify`. Layout, in the shard directory::
 
-    tile_features/<shard stem>.npy        float16 (n, D): row i is the feature of the shard's
-                                          i-th sample (the tar's order); np.load(mmap_mode="r")
-    tile_features/<shard stem>.keys.npy   <U (n,): the sample keys "<patient>__<unit>", same order
+    tile_features/<set>/<shard stem>.npy        float16 (n, D): row i is the feature of the
+                                                shard's i-th sample (the tar's order);
+                                                np.load(mmap_mode="r")
+    tile_features/<set>/<shard stem>.keys.npy   <U (n,): the sample keys "<patient>__<unit>",
+                                                same order
 
-one pair per shard of the manifest, each file written atomically (hpc_pgo.atomic). The manifest
+one pair per shard of the manifest, each file written atomically (hpc_pgo.atomic); <set> is the
+first 16 hex digits of the record's digest (set_folder), so a recompute with another backbone or
+recipe writes beside the recorded set, never over it, and embed-tiles removes the old folder only
+after the manifest names the new one. The manifest
 records the set (manifest rewritten atomically; the tars are not touched)::
 
     manifest["tile_features"] = {
@@ -86,10 +91,19 @@ def recipe_digest(backbone: Mapping, recipe: Mapping) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def file_names(shard_name: str) -> tuple[str, str]:
-    """(features, keys) file paths, relative to the shard directory, of shard `shard_name`."""
+def file_names(shard_name: str, subdir: str | None = None) -> tuple[str, str]:
+    """(features, keys) file paths, relative to the shard directory, of shard `shard_name`, in
+    tile_features/ or its folder `subdir` (embed-tiles: one per feature set, set_folder)."""
     stem = shard_name[: -len(".tar")] if shard_name.endswith(".tar") else shard_name
-    return f"{DIRECTORY}/{stem}.npy", f"{DIRECTORY}/{stem}.keys.npy"
+    folder = f"{DIRECTORY}/{subdir}" if subdir else DIRECTORY
+    return f"{folder}/{stem}.npy", f"{folder}/{stem}.keys.npy"
+
+
+def set_folder(digest: str) -> str:
+    """The folder (under tile_features/) of the feature set of `digest`: a recompute with another
+    backbone or recipe writes beside the recorded set, which stays whole until the manifest
+    names the new one."""
+    return digest[:16]
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -99,10 +113,15 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def write_shard_features(
-    shard_dir: Path | str, shard_name: str, keys: Sequence[str], features: np.ndarray
+    shard_dir: Path | str,
+    shard_name: str,
+    keys: Sequence[str],
+    features: np.ndarray,
+    subdir: str | None = None,
 ) -> dict:
-    """Write one shard's pair (keys (n,), features (n, D) stored as float16), each atomically;
-    returns its manifest entry. Non-finite features are refused (naming the first key)."""
+    """Write one shard's pair (keys (n,), features (n, D) stored as float16), each atomically,
+    into tile_features/[subdir/]; returns its manifest entry. Non-finite features are refused
+    (naming the first key)."""
     shard_dir = Path(shard_dir)
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] != len(keys):
@@ -116,7 +135,7 @@ def write_shard_features(
             f"({int(bad.sum())} such units); the backbone's weights or inputs are broken"
         )
     entry: dict = {"shard": shard_name, "units": len(keys)}
-    feature_file, key_file = file_names(shard_name)
+    feature_file, key_file = file_names(shard_name, subdir)
     for name, rel, array in (
         ("keys", key_file, np.asarray(list(keys), dtype=str)),
         ("features", feature_file, stored),

@@ -90,7 +90,16 @@ def shard_set(built: Path, tmp_path: Path) -> Path:
 
 
 def side_car_bytes(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((directory / "tile_features").iterdir())}
+    """Every file under tile_features/, by its path there (the set folder included)."""
+    root = directory / "tile_features"
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def set_dir(directory: Path) -> Path:
+    """The folder of the recorded feature set (tile_features/<first 16 hex of its digest>)."""
+    return directory / "tile_features" / read_manifest(directory)["tile_features"]["digest"][:16]
 
 
 def tar_keys(path: Path) -> list[str]:
@@ -153,8 +162,8 @@ def test_features_equal_an_independent_recomputation(shard_set, weights, size):
     assert b["weights_sha256"] == hashlib.sha256(weights["a"].read_bytes()).hexdigest()
     assert b["digest"] == backbone_digest(ARCH, torch.load(weights["a"], weights_only=True))
     for stem in SHARDS:
-        keys = np.load(shard_set / "tile_features" / f"{stem}.keys.npy")
-        feats = np.load(shard_set / "tile_features" / f"{stem}.npy")
+        keys = np.load(set_dir(shard_set) / f"{stem}.keys.npy")
+        feats = np.load(set_dir(shard_set) / f"{stem}.npy")
         assert keys.tolist() == tar_keys(shard_set / f"{stem}.tar")  # the tar's order
         assert feats.dtype == np.float16 and feats.shape == (12, 512)
     # a few keys of the middle shard, recomputed
@@ -185,11 +194,13 @@ def test_same_inputs_give_the_same_bytes_and_other_weights_another_digest(shard_
     other = embed_tiles(twin, TileOptions(ARCH, weights["b"]), progress=False).record
     assert other["backbone"]["digest"] != first["backbone"]["digest"]
     assert other["digest"] != first["digest"]
-    assert side_car_bytes(twin)["shard-000000.npy"] != side_car_bytes(shard_set)["shard-000000.npy"]
+    assert (set_dir(twin) / "shard-000000.npy").read_bytes() != (
+        set_dir(shard_set) / "shard-000000.npy"
+    ).read_bytes()
     # the keys do not depend on the weights
     assert (
-        side_car_bytes(twin)["shard-000000.keys.npy"]
-        == side_car_bytes(shard_set)["shard-000000.keys.npy"]
+        (set_dir(twin) / "shard-000000.keys.npy").read_bytes()
+        == (set_dir(shard_set) / "shard-000000.keys.npy").read_bytes()
     )
     # the tars are untouched: verify passes, and checks the side-car too
     report = verify(twin)
@@ -219,9 +230,11 @@ def test_a_run_killed_after_a_shard_resumes_with_the_rest(
         # held after the first shard: its pair and the progress written, nothing else
         progress = json.loads((shard_set / PROGRESS).read_text())
         assert [e["shard"] for e in progress["shards"]] == ["shard-000000.tar"]
-        assert sorted(p.name for p in (shard_set / "tile_features").iterdir()) == [
-            "progress.json", "shard-000000.keys.npy", "shard-000000.npy"
-        ]  # fmt: skip
+        done = sorted(str(p.relative_to(shard_set / "tile_features"))
+                      for p in (shard_set / "tile_features").rglob("*") if p.is_file())  # fmt: skip
+        folder = progress["digest"][:16]
+        assert done == [f"{folder}/shard-000000.keys.npy", f"{folder}/shard-000000.npy",
+                        "progress.json"]  # fmt: skip
         proc.send_signal(signum)
         # SIGTERM: pgo-shards exits 128 + 15 (cli._exit_on_sigterm); SIGKILL: killed
         expected = 128 + signum if signum == signal.SIGTERM else -signum
@@ -238,6 +251,48 @@ def test_a_run_killed_after_a_shard_resumes_with_the_rest(
     assert not (shard_set / PROGRESS).exists()
     assert side_car_bytes(shard_set) == side_car_bytes(whole)
     assert (shard_set / "manifest.json").read_bytes() == (whole / "manifest.json").read_bytes()
+
+
+@pytest.mark.slow  # a fresh interpreter (torch, timm)
+def test_a_recompute_with_other_weights_leaves_the_recorded_set_whole_until_it_ends(
+    shard_set, weights, tmp_path
+):
+    embed_tiles(shard_set, TileOptions(ARCH, weights["a"]), progress=False)
+    manifest = read_manifest(shard_set)
+    old = read_tile_features(shard_set, manifest)
+    old_bags = {p: old.bag(p) for p in old.patients}
+    old_dir = set_dir(shard_set)
+    held = tmp_path / "held"
+    env = {**os.environ, hold.ENV: hold.spec("embed", 2, held), "OMP_NUM_THREADS": "1"}
+    args = ["embed-tiles", str(shard_set), "--arch", ARCH, "--weights", str(weights["b"]),
+            "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_pgo.data", *args], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        hold.wait_held(held, timeout_s=120, running=lambda: proc.poll() is None)
+        # two of three shards of weights b written: the recorded set (weights a) still reads
+        # whole, with sha256 checks, and gives the same features
+        assert read_manifest(shard_set) == manifest
+        during = read_tile_features(shard_set, read_manifest(shard_set), verify=True)
+        for patient, bag in old_bags.items():
+            np.testing.assert_array_equal(during.bag(patient), bag)
+        assert verify(shard_set).ok
+        hold.release(held)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    new = read_manifest(shard_set)["tile_features"]
+    assert (
+        new["digest"] != manifest["tile_features"]["digest"]
+        and new["backbone"]["weights"] == "b.pth"
+    )
+    assert not old_dir.exists() and set_dir(shard_set).is_dir()  # the old set removed at the end
+    assert sorted(p.name for p in (shard_set / "tile_features").iterdir()) == [
+        set_dir(shard_set).name
+    ]
+    assert verify(shard_set).ok
 
 
 def test_progress_of_another_recipe_starts_over(shard_set, weights):
@@ -258,17 +313,17 @@ def test_a_rerun_computes_nothing_and_force_recomputes(shard_set, weights, capsy
     assert main(args) == 0
     assert "computed 3 of 3 shards (36 units" in capsys.readouterr().out
     files = side_car_bytes(shard_set)
-    stamps = {p.name: p.stat().st_mtime_ns for p in (shard_set / "tile_features").iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in set_dir(shard_set).iterdir()}
     manifest = (shard_set / "manifest.json").read_bytes()
     assert main(args) == 0
     assert "up to date" in capsys.readouterr().out
-    assert stamps == {p.name: p.stat().st_mtime_ns for p in (shard_set / "tile_features").iterdir()}
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in set_dir(shard_set).iterdir()}
     assert (shard_set / "manifest.json").read_bytes() == manifest
     assert main([*args, "--force"]) == 0
     assert "computed 3 of 3 shards" in capsys.readouterr().out
     assert side_car_bytes(shard_set) == files  # recomputed, the same bytes
     # a damaged file of a recorded set is recomputed, not trusted
-    (shard_set / "tile_features" / "shard-000002.npy").unlink()
+    (set_dir(shard_set) / "shard-000002.npy").unlink()
     result = embed_tiles(shard_set, TileOptions(ARCH, weights["a"]), progress=False)
     assert len(result.computed) == 3 and side_car_bytes(shard_set) == files
 
@@ -317,13 +372,13 @@ def test_a_sample_that_does_not_decode_names_shard_and_key(shard_set, weights):
     key = broken.split(".", 1)[0]
     assert f"shard shard-000001.tar: sample {key!r}" in str(err.value)
     assert (shard_set / "manifest.json").read_bytes() == manifest
-    assert not (shard_set / "tile_features" / "shard-000001.npy").exists()
+    assert not list((shard_set / "tile_features").rglob("shard-000001.npy"))
 
 
 def test_verify_and_the_reader_name_a_damaged_features_file(shard_set, weights, capsys):
     embed_tiles(shard_set, TileOptions(ARCH, weights["a"]), progress=False)
     assert verify(shard_set).ok
-    damaged = shard_set / "tile_features" / "shard-000001.npy"
+    damaged = set_dir(shard_set) / "shard-000001.npy"
     data = bytearray(damaged.read_bytes())
     data[-7] ^= 0xFF  # same size, other bytes
     damaged.write_bytes(bytes(data))
@@ -336,8 +391,8 @@ def test_verify_and_the_reader_name_a_damaged_features_file(shard_set, weights, 
     # keys in another order than the tar's, files and record consistent: only verify sees it
     manifest = read_manifest(shard_set)
     record = manifest["tile_features"]
-    keys = np.load(shard_set / "tile_features" / "shard-000000.keys.npy").tolist()
-    feats = np.load(shard_set / "tile_features" / "shard-000000.npy")
+    keys = np.load(set_dir(shard_set) / "shard-000000.keys.npy").tolist()
+    feats = np.load(set_dir(shard_set) / "shard-000000.npy")
     record["shards"][0] = write_shard_features(shard_set, "shard-000000.tar", keys[::-1], feats)
     record["shards"][1] = write_shard_features(
         shard_set, "shard-000001.tar", tar_keys(shard_set / "shard-000001.tar"),
