@@ -6,7 +6,8 @@
 # The machine's image ('cuda': python3 3.12, torch 2.11 + CUDA, torchvision, numpy, scipy, numba,
 # matplotlib, h5py, pyarrow, scikit-learn, tensorboard, ...) lacks the packages below, which the
 # gpu_check run imports (read off sys.modules at the end of `gpu_check.py --device cpu --tiny`, minus
-# the image's package list of 2026-11-17). timm and pandas are on the image but carried at
+# the image's package list of 2026-11-17; row g, embed-tiles + ABMIL, adds none: timm, webdataset,
+# omegaconf, pydantic below, tqdm on the image). timm and pandas are on the image but carried at
 # constraints.txt's versions (hpc_pgo registers T2T-ViT in timm 1.0; pandas < 3). Versions: those of
 # constraints.txt; scgpt as the Makefile pins it; DeepSpeed (a source release only) is built here
 # into a pure-Python wheel without ops (DS_BUILD_OPS=0: the engine uses torch's Adam, no DeepSpeed op).

@@ -2,8 +2,9 @@
 
 The GPU run (default sizes, bf16) needs a lent CUDA machine; `--device cpu --tiny` runs the same
 functions at tiny sizes in fp32, so the table's logic, the plain-loop baseline, the scGPT and
-loader rows and the stop/resume comparison are checked here. No timing is asserted (the
-project's benchmark rule); on CPU fp32 the resumed fold must give the same predictions.csv bytes.
+loader rows, embed-tiles + ABMIL (row g) and the stop/resume comparison are checked here. No
+timing is asserted (the project's benchmark rule); on CPU fp32 the resumed fold must give the same
+predictions.csv bytes, and row g's two fp32 embed-tiles runs the same features.
 """
 
 from __future__ import annotations
@@ -50,18 +51,19 @@ def test_tiny_cpu_run_prints_every_row_and_resumes_to_identical_predictions(tmp_
     rows = {}
     for row in result["rows"]:
         rows.setdefault(row["key"], []).append(row)
-    assert sorted(rows) == ["a", "b", "c", "d", "e"]
+    assert sorted(rows) == ["a", "b", "c", "d", "e", "g"]
     assert len(rows["e"]) == len(result["sizes"]["loader_workers"]) == 1
 
     # the final table: a header and one line per row, each with its ratio and target
     table = stdout[stdout.rindex("\ndevice: cpu") :].splitlines()
     assert table[2].startswith("row ") and "baseline" in table[2] and "peak GPU mem" in table[2]
-    for key, line in zip("abcde", table[3:8], strict=True):
+    for key, line in zip("abcdegg", table[3:10], strict=True):
         assert line.startswith(f"{key}. "), line
         assert "n/a (cpu)" in line
-    # each row was printed as soon as it was measured, in the execution order a, b, d, e, c
-    marks = [stdout.index(f"\n[{key}] ") for key in "abdec"]
+    # each row was printed as soon as it was measured (once), in the execution order a, b, d, e, g, c
+    marks = [stdout.index(f"\n[{key}] ") for key in "abdegc"]
     assert marks == sorted(marks)
+    assert stdout.count("\n[g] ") == 2
 
     for key in "abde":
         (row,) = rows[key]
@@ -84,6 +86,24 @@ def test_tiny_cpu_run_prints_every_row_and_resumes_to_identical_predictions(tmp_
     assert data["identical"] is True and data["max_abs_hazard_diff"] == 0.0
     assert c["verdict"] == "yes" and "identical yes" in c["ours"]
     assert data["control"] is None  # only run when the predictions differ
+
+    embed, cost = rows["g"]
+    g = embed["data"]
+    # tiny: the "bf16" call runs in fp32 too, so its speed is skipped and the features identical
+    assert g["precision"] == "fp32" and g["skipped"] is True
+    assert embed["ratio"] is None and embed["verdict"] == "skipped; agreement yes"
+    assert "skipped" in embed["ours"] and "resnet10t" in embed["name"]
+    assert g["agreement"]["identical"] is True
+    assert g["agreement"]["cos_min"] == 1.0 and g["agreement"]["cos_median"] == 1.0
+    assert g["agreement"]["tiles"] == 120  # row e's 60 x 2 cohort, reused
+    assert all(v > 0 for v in g["tiles_s"].values()) and set(g["tiles_s"]) == {"fp32", "fast"}
+    assert all(v > 0 for v in g["forward_tiles_s"].values())
+    assert g["weights"].endswith("resnet10t_random.pth")
+    c = cost["data"]
+    assert c["max_tiles"] == 2 and set(c["seconds_per_epoch"]) == {"e2e", "abmil"}
+    assert set(c["walls"]["e2e"]) == set(c["walls"]["abmil"]) == {"1", "3"}  # JSON keys
+    assert cost["ratio"] is not None and cost["ratio"] > 0
+    assert cost["verdict"] in ("yes", "NO") and cost["target"].startswith(">= 50")
 
 
 def test_without_cuda_it_refuses_in_one_line():
