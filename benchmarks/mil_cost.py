@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Per-epoch cost: frozen tile features + attention MIL against end-to-end training, at equal tiles.
 
-    .venv/bin/python benchmarks/mil_cost.py [--patients 40] [--rois 8] [--arch lcnet_050]
-        [--image-size 64] [--threads 2] [--dir DIR]
+    .venv/bin/python benchmarks/mil_cost.py [--patients 100] [--rois 8] [--arch lcnet_050]
+        [--image-size 64] [--threads 2] [--rounds 2] [--dir DIR]
 
 1. Input: a demo cohort (`pgo-shards demo --patients P --rois R`, 96 px ROIs) in --dir (default a
    temporary directory); every patient has R tiles.
@@ -13,7 +13,9 @@
 4. MIL: `train_fold` of fold 0, model=image_abmil with model.image.bag.max_tiles >= R (every tile
    of every train patient each epoch: the same tiles as END-TO-END), one bag per patient.
 Per-epoch cost is measured by difference, (wall(E=3) - wall(E=1)) / 2 from each run's
-metrics.json wall_time_s, so set-up and the test pass cancel. Printed: seconds per epoch of each,
+metrics.json wall_time_s, so set-up and the test pass cancel; each mode first trains one
+warm-up fold (the first call in a process pays lazy imports and allocations), then the median of
+--rounds such pairs is taken. Printed: seconds per epoch of each,
 END-TO-END / MIL (target >= 50), the one-off embedding, and the epochs after which embedding once
 has paid for itself. The load average is printed beside it: on a shared machine wall-clock ratios
 move with what else runs.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,24 +46,26 @@ def fold_wall(tokens: list[str], run_dir: Path) -> float:
     return float(metrics["wall_time_s"])
 
 
-def per_epoch(tokens: list[str], root: Path, name: str) -> float:
-    """Seconds per training epoch of `tokens`, by difference of a 3- and a 1-epoch fold."""
-    walls = {}
-    for epochs in (1, 3):
-        walls[epochs] = fold_wall(
-            [*tokens, f"train.epochs={epochs}", "train.checkpoint_every=100"],
-            root / f"{name}-e{epochs}",
-        )
-    return (walls[3] - walls[1]) / 2
+def per_epoch(tokens: list[str], root: Path, name: str, rounds: int) -> float:
+    """Seconds per training epoch of `tokens`: after a warm-up fold (first-call costs: lazy
+    imports, allocator, thread pools), the median over rounds of (wall(3 epochs) - wall(1)) / 2."""
+
+    def wall(epochs: int, tag: str) -> float:
+        extra = [f"train.epochs={epochs}", "train.checkpoint_every=100"]
+        return fold_wall([*tokens, *extra], root / f"{name}-{tag}-e{epochs}")
+
+    wall(1, "warmup")
+    return statistics.median((wall(3, f"r{r}") - wall(1, f"r{r}")) / 2 for r in range(rounds))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=40)
+    parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--rois", type=int, default=8)
     parser.add_argument("--arch", default="lcnet_050")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -80,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"data.shards={shards}", "train.num_workers=0", "model.modalities=[image]",
               f"model.image.arch={args.arch}"]  # fmt: skip
     e2e = per_epoch(
-        [*common, "model=fusion_small", f"data.image_size={args.image_size}"], root, "e2e"
+        [*common, "model=fusion_small", f"data.image_size={args.image_size}"],
+        root,
+        "e2e",
+        args.rounds,
     )
     started = time.perf_counter()
     subprocess.run(
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     embed = time.perf_counter() - started
     mil = per_epoch(
         [*common, "model=image_abmil", f"model.image.bag.max_tiles={max(args.rois, 1)}"],
-        root, "mil",
+        root, "mil", args.rounds,
     )  # fmt: skip
     manifest = json.loads((shards / "manifest.json").read_text())
     tiles = sum(s["samples"] for s in manifest["shards"])
