@@ -221,43 +221,56 @@ class ShardTiles:
     the image field or whose image does not decode (the text names shard and key: the caller
     raises it as a one-line PgoError, not DataLoader's re-raise with a worker traceback).
 
-    Each sample is read by offset through the shard index (hpc_pgo.data.tarindex, as the fold
-    loader reads, hpc_pgo.data.stages.read_sample), so DataLoader workers read only their own
-    samples; each worker keeps one open shard file at a time."""
+    Each sample's image member is read by offset from the shard index (hpc_pgo.data.tarindex;
+    hpc_pgo.data.stages.read_sample, as the fold loader reads), so a DataLoader worker reads only
+    its own samples; each worker keeps one open shard file at a time. Per item only numpy arrays
+    are kept (shard number, key, offset, size), not the index's Python objects: forked workers
+    of a cohort of millions of tiles do not copy them page by page as they touch refcounts."""
 
     def __init__(self, shard_dir: Path, index, image_field: str, size: int, mean, std):
         self.shard_dir = shard_dir
-        self.items = [(name, key) for name, keys in index.shards for key in keys]
-        self.members = index.members
+        self.names = [name for name, _ in index.shards]
         self.image_field, self.size, self.mean, self.std = image_field, size, mean, std
-        self._open: tuple[str, Any] | None = None  # (shard name, file); opened in the reader
+        keys = [key for _, shard_keys in index.shards for key in shard_keys]
+        self.shard = np.repeat(np.arange(len(self.names), dtype=np.int32),
+                               [len(shard_keys) for _, shard_keys in index.shards])  # fmt: skip
+        self.keys = np.array(keys, dtype=str)
+        self.member = np.full((len(keys), 2), -1, np.int64)  # (data offset, size); -1: absent
+        self.missing: dict[int, str] = {}  # item -> the suffixes it has instead
+        for i, key in enumerate(keys):
+            found = [(o, n) for suffix, o, n in index.members[key] if suffix == image_field]
+            if found:
+                self.member[i] = found[0]
+            else:
+                self.missing[i] = ", ".join(sorted(suffix for suffix, _, _ in index.members[key]))
+        self._open: tuple[int, Any] | None = None  # (shard number, file); opened in the reader
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.keys)
 
     def __getitem__(self, i: int) -> tuple[str, Any, str | None]:
         from hpc_pgo.data.stages import read_sample
 
-        name, key = self.items[i]
-        if self._open is None or self._open[0] != name:
-            if self._open is not None:
-                self._open[1].close()
-            self._open = (name, open(self.shard_dir / name, "rb"))
-        field = self.image_field
-        try:
-            sample = read_sample(self._open[1], str(self.shard_dir / name), key,
-                                 self.members[key], frozenset({field}))  # fmt: skip
-        except PgoError as err:
-            return key, None, str(err)
-        if field not in sample:
-            present = ", ".join(sorted(s for s, _, _ in self.members[key]))
+        shard, key, field = int(self.shard[i]), str(self.keys[i]), self.image_field
+        name = self.names[shard]
+        if i in self.missing:
             error = (
                 f"shard {name}: sample {key!r} has no image field '{field}' (manifest "
-                f"image.format); it has: {present}; nothing was recorded"
+                f"image.format); it has: {self.missing[i]}; nothing was recorded"
             )
             return key, None, error
+        if self._open is None or self._open[0] != shard:
+            if self._open is not None:
+                self._open[1].close()
+            self._open = (shard, open(self.shard_dir / name, "rb"))
+        offset, size = (int(v) for v in self.member[i])
         try:
-            return key, tile_view(sample[field], self.size, self.mean, self.std), None
+            data = read_sample(self._open[1], str(self.shard_dir / name), key,
+                               [(field, offset, size)], frozenset({field}))[field]  # fmt: skip
+        except PgoError as err:
+            return key, None, str(err)
+        try:
+            return key, tile_view(data, self.size, self.mean, self.std), None
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
             error = (
                 f"shard {name}: sample {key!r}: its {field} does not decode "
@@ -532,7 +545,7 @@ def _workers(text: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"--workers {text!r}: valid: an integer >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r}: valid: an integer >= 0 (0: in-process)")
     return value
 
 
@@ -543,7 +556,8 @@ def add_embed_tiles_parser(sub) -> None:
         help="a frozen image backbone over every tile once, stored beside the shards",
         description="Embed every image unit of a shard set with a frozen timm backbone "
         "(weights from a local file only), shard by shard; writes tile_features/*.npy and records "
-        "them in manifest.json (hpc_pgo/data/embed_tiles.py). Resumes an interrupted run; "
+        "them in manifest.json (hpc_pgo/data/embed_tiles.py). Tiles are decoded in --workers "
+        "processes, in tar order; the model runs in this one. Resumes an interrupted run; "
         "re-running with the same inputs does nothing.",
     )
     p.add_argument("dir", help="shard set directory (built by pgo-shards build, with images)")

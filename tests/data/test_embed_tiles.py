@@ -376,7 +376,7 @@ def test_bad_weights_are_refused_in_one_line_and_nothing_is_written(shard_set, w
             main(["embed-tiles", str(shard_set), "--arch", ARCH, "--workers", value])
         err = capsys.readouterr().err.strip()
         assert exit_.value.code == 2 and "\n" not in err, err
-        assert f"--workers {value!r}: valid: an integer >= 0" in err, err
+        assert f"argument --workers: {value!r}: valid: an integer >= 0" in err, err
     with pytest.raises(PgoError, match="--workers -1: valid: 0"):
         embed_tiles(shard_set, TileOptions(ARCH, weights["a"], workers=-1), progress=False)
     assert not (shard_set / "tile_features").exists()
