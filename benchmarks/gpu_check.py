@@ -44,19 +44,20 @@ g. frozen tile features + attention MIL, two lines, on row e's 224 px cohort whe
    tile_features/ and rewrites the manifest; the cohort other rows read is not changed).
    (1) embed-tiles through the library call (hpc_pgo.data.embed_tiles.embed_tiles, TileOptions)
    with ResNet-50 (`resnet50`, CLAM's encoder; random weights saved to a file first, so the
-   --weights path runs) at 224 px, batch 64: bf16 autocast (precision="bf16") against the baseline
-   fp32, each call with force=True, 2 calls of each alternating, the best tiles/s of each (the
-   loop's time, TileResult.seconds: decode + forward + writing; the model build is not counted).
+   --weights path runs) at 224 px, batch 64, 8 DataLoader workers decoding (workers=8):
+   bf16 autocast (precision="bf16") against the baseline fp32, each call with force=True, 2 calls
+   of each alternating, the best tiles/s of each (the loop's time, TileResult.seconds: decode +
+   forward + writing, worker start-up included; the model build is not counted).
    Target bf16/fp32 >= 1.5; and the agreement of the two stored feature sets (both float16 on
    disk): cosine similarity per tile, min and median, target median >= 0.99. The note also gives
    the backbone alone on a fixed device batch (decode excluded, 10 batches of each precision):
-   embed-tiles decodes in its own process, so a ratio well under the backbone's says decode, not
-   the GPU, bounds it. (2) the per-epoch cost of ABMIL (model=image_abmil, max_tiles = the most
-   tiles of a patient: every tile every epoch, batch 32 patients, in-process) on the bf16 features
-   just stored, against the baseline: end to end (model=fusion, model.modalities=[image],
-   T2T-ViT-7 at 224 px, batch 32 tiles, 8 loader workers) on the same tiles; each by difference of
-   a 1- and a 3-epoch train_fold of fold 0 ((wall(3) - wall(1)) / 2, as benchmarks/mil_cost.py),
-   bf16. Ratio end to end / ABMIL, target >= 50.
+   a ratio well under the backbone's says decode (in 8 workers), not the GPU, bounds it. (2) the
+   per-epoch cost of ABMIL (model=image_abmil, max_tiles = the most tiles of a patient: every
+   tile every epoch, batch 32 patients, in-process) on the bf16 features just stored, against the
+   baseline: end to end (model=fusion, model.modalities=[image], T2T-ViT-7 at 224 px, batch 32
+   tiles, 8 loader workers) on the same tiles; each by difference of a 1- and a 3-epoch
+   train_fold of fold 0 ((wall(3) - wall(1)) / 2, as benchmarks/mil_cost.py), bf16. Ratio end to
+   end / ABMIL, target >= 50.
 
 Each row is printed (flushed) as soon as it is measured, so a run cut by its timeout still leaves
 the rows done; a row that raises prints its traceback and an ERROR line, and the others still run
@@ -86,10 +87,10 @@ rows a/b with lcnet_050 (the demo preset's 0.7 M-parameter CNN, through the same
 32 px, batch 4, 1 warm-up + 2 rounds of 1 step; row c on a 60-patient x 2-ROI demo at 32 px with
 model=fusion_small, 2 epochs of batch 48 (4 steps, stopped after 3), in-process loading; scGPT
 d 32, 2 layers, 2 heads, 200 genes, 24 samples; the loader with 2 workers on the same demo; row g
-on that demo again (32 px) with resnet10t, batch 16, ONE call of each, and the "bf16" call in fp32
-too (bf16 autocast on CPU is not what the row checks: its speed column reads "skipped", the
-agreement must then be identical), end to end with lcnet_050 (model=fusion_small), batch 48,
-in-process. On CPU the memory column is "n/a (cpu)".
+on that demo again (32 px) with resnet10t, batch 16, decoding in-process (workers=0), ONE call of
+each, and the "bf16" call in fp32 too (bf16 autocast on CPU is not what the row checks: its speed
+column reads "skipped", the agreement must then be identical), end to end with lcnet_050
+(model=fusion_small), batch 48, in-process. On CPU the memory column is "n/a (cpu)".
 
 Without CUDA and without --device cpu it refuses with one line and exits 2.
 tests/test_gpu_check.py runs the tiny mode and checks every row, the byte-identical resume and
@@ -168,6 +169,7 @@ class Sizes:
     embed_arch: str = "resnet50"  # CLAM's encoder
     embed_precision: str = "bf16"  # against fp32; tiny: fp32 again (bf16 autocast on CPU skipped)
     embed_batch: int = 64
+    embed_workers: int = 8  # embed-tiles' DataLoader workers: decode off the forward's process
     embed_rounds: int = 2  # embed-tiles calls of each precision, alternating; the best counts
     forward_batches: int = 10  # backbone-only forwards of each precision (decode excluded)
     e2e_model: str = "fusion"
@@ -210,6 +212,7 @@ TINY = Sizes(
     embed_arch="resnet10t",
     embed_precision="fp32",
     embed_batch=16,
+    embed_workers=0,
     embed_rounds=1,
     forward_batches=2,
     e2e_model="fusion_small",
@@ -805,7 +808,8 @@ def row_g(sz: Sizes, device: str, work: Path) -> list[Row]:
     modes = {"fp32": "fp32", "fast": fast}
     options = {
         m: TileOptions(arch=sz.embed_arch, weights=weights, input_size=sz.mil_image_size,
-                       batch_size=sz.embed_batch, precision=p, device=device)
+                       batch_size=sz.embed_batch, precision=p, device=device,
+                       workers=sz.embed_workers)
         for m, p in modes.items()
     }  # fmt: skip
     rates: dict[str, list[float]] = {m: [] for m in modes}

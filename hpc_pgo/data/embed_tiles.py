@@ -16,6 +16,16 @@ batches through the backbone (eval mode, no gradients, inference_mode; bf16 auto
 config for fixed-size models (ViTs, T2T-ViT), else the stored tile size (convolutional nets take
 any size: the tiles are not rescaled), else the data config's.
 
+Reading, decoding, resizing, cropping and normalising run in --workers N DataLoader processes
+(TileOptions.workers; default 4 on CUDA, else 0: in the calling process, as the CPU also runs
+the model): a map-style dataset (ShardTiles) over the samples of the shards to compute, in
+manifest and tar order, each read by offset through the shard index (hpc_pgo.data.tarindex,
+sizes, counts and patients checked against the manifest first; not the sha256, verify does
+that), batches of --batch-size within one shard (shuffle off, pinned memory on CUDA). The
+DataLoader hands batch b back from worker b mod N in turn, so keys and features are the same,
+byte for byte, whatever N; the recipe and digest do not depend on it. The forward runs in the
+calling process.
+
 Output (layout and record: hpc_pgo.data.tile_features, shards/README.md): per shard
 `tile_features/<set>/<stem>.npy` float16 (n, D) and `<stem>.keys.npy` (<set>: the first 16 hex
 digits of the record's digest), each written atomically, and
@@ -32,7 +42,9 @@ same digest whose files are intact is left as it is (nothing computed); --force 
 Recomputing with another backbone or recipe writes into its own set folder: the recorded set
 stays whole and readable until the manifest names the new one; then the old folder is removed.
 
-A sample that does not decode: PgoError naming the shard and key; the manifest is not changed.
+A sample that does not decode: PgoError naming the shard and key (one line, also from a worker:
+the worker returns the error text with its batch, the calling process raises it); the shards
+before it are written (and resume), the manifest is not changed.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ PROGRESS = f"{DIRECTORY}/progress.json"
 PRECISION_NAMES = ("auto", "fp32", "bf16")
 DEVICE_NAMES = ("cpu", "cuda")
 VIEW = "shorter side to input_size (bilinear, antialiased, float [0, 1]), centre crop, normalised"
+DEFAULT_CUDA_WORKERS = 4  # --workers on cuda when not given (0 on cpu: the cores run the model)
 INIT_SEED = 0  # random initialisation without --weights: the same projection on every run
 
 
@@ -81,6 +94,7 @@ class TileOptions:
     batch_size: int = 64
     precision: str = "auto"
     device: str | None = None  # None: cuda when available, else cpu
+    workers: int | None = None  # DataLoader workers; None: DEFAULT_CUDA_WORKERS on cuda, else 0
 
 
 @dataclass
@@ -201,43 +215,97 @@ def tile_view(data: bytes, size: int, mean: Sequence[float], std: Sequence[float
     return (image - mean_t) / std_t
 
 
-def _shard_batches(
-    path: Path, name: str, image_field: str, size: int, mean, std, batch_size: int
-) -> Iterator[tuple[list[str], object]]:
-    """(keys, float32 (B, 3, S, S)) batches of shard `path`, in tar order."""
-    import torch
+class ShardTiles:
+    """Map-style dataset of the tiles of some shards, in manifest and tar order: item i ->
+    (key, float32 (3, S, S) tile_view, None), or (key, None, error text) for a sample without
+    the image field or whose image does not decode (the text names shard and key: the caller
+    raises it as a one-line PgoError, not DataLoader's re-raise with a worker traceback).
 
-    from hpc_pgo.data.shards import iter_samples
+    Each sample's image member is read by offset from the shard index (hpc_pgo.data.tarindex;
+    hpc_pgo.data.stages.read_sample, as the fold loader reads), so a DataLoader worker reads only
+    its own samples; each worker keeps one open shard file at a time. Per item only numpy arrays
+    are kept (shard number, key, offset, size), not the index's Python objects: forked workers
+    of a cohort of millions of tiles do not copy them page by page as they touch refcounts."""
 
-    keys: list[str] = []
-    views: list = []
-    for sample in iter_samples(path):
-        key = sample["__key__"]
-        if image_field not in sample:
-            present = ", ".join(sorted(k for k in sample if not k.startswith("__")))
-            raise PgoError(
-                f"shard {name}: sample {key!r} has no image field '{image_field}' (manifest "
-                f"image.format); it has: {present}; nothing was recorded"
+    def __init__(self, shard_dir: Path, index, image_field: str, size: int, mean, std):
+        self.shard_dir = shard_dir
+        self.names = [name for name, _ in index.shards]
+        self.image_field, self.size, self.mean, self.std = image_field, size, mean, std
+        keys = [key for _, shard_keys in index.shards for key in shard_keys]
+        self.shard = np.repeat(np.arange(len(self.names), dtype=np.int32),
+                               [len(shard_keys) for _, shard_keys in index.shards])  # fmt: skip
+        self.keys = np.array(keys, dtype=str)
+        self.member = np.full((len(keys), 2), -1, np.int64)  # (data offset, size); -1: absent
+        self.missing: dict[int, str] = {}  # item -> the suffixes it has instead
+        for i, key in enumerate(keys):
+            found = [(o, n) for suffix, o, n in index.members[key] if suffix == image_field]
+            if found:
+                self.member[i] = found[0]
+            else:
+                self.missing[i] = ", ".join(sorted(suffix for suffix, _, _ in index.members[key]))
+        self._open: tuple[int, Any] | None = None  # (shard number, file); opened in the reader
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[str, Any, str | None]:
+        from hpc_pgo.data.stages import read_sample
+
+        shard, key, field = int(self.shard[i]), str(self.keys[i]), self.image_field
+        name = self.names[shard]
+        if i in self.missing:
+            error = (
+                f"shard {name}: sample {key!r} has no image field '{field}' (manifest "
+                f"image.format); it has: {self.missing[i]}; nothing was recorded"
             )
+            return key, None, error
+        if self._open is None or self._open[0] != shard:
+            if self._open is not None:
+                self._open[1].close()
+            self._open = (shard, open(self.shard_dir / name, "rb"))
+        offset, size = (int(v) for v in self.member[i])
         try:
-            views.append(tile_view(sample[image_field], size, mean, std))
+            data = read_sample(self._open[1], str(self.shard_dir / name), key,
+                               [(field, offset, size)], frozenset({field}))[field]  # fmt: skip
+        except PgoError as err:
+            return key, None, str(err)
+        try:
+            return key, tile_view(data, self.size, self.mean, self.std), None
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise PgoError(
-                f"shard {name}: sample {key!r}: its {image_field} does not decode "
+            error = (
+                f"shard {name}: sample {key!r}: its {field} does not decode "
                 f"({type(err).__name__}: {' '.join(str(err).split())}); rebuild the shard set "
                 "(pgo-shards verify names every such sample); nothing was recorded"
-            ) from err
-        keys.append(key)
-        if len(keys) == batch_size:
-            yield keys, torch.stack(views)
-            keys, views = [], []
-    if keys:
-        yield keys, torch.stack(views)
+            )
+            return key, None, error
 
 
-def _embed_shard(model, path: Path, name: str, image_field: str, backbone: dict, device: str,
-                 precision: str, batch_size: int, bar) -> tuple[list[str], np.ndarray]:  # fmt: skip
-    """(keys, float32 (n, D)) of one shard."""
+def collate_tiles(items: list[tuple[str, Any, str | None]]) -> tuple[list[str], Any, str | None]:
+    """(keys, float32 (B, 3, S, S) or None, the first error or None) of one batch; the stack
+    goes to shared memory inside a DataLoader worker (default_collate)."""
+    from torch.utils.data import default_collate
+
+    keys = [key for key, _, _ in items]
+    error = next((e for _, _, e in items if e is not None), None)
+    if error is not None:
+        return keys, None, error
+    return keys, default_collate([view for _, view, _ in items]), None
+
+
+def shard_batches(index, batch_size: int) -> list[list[int]]:
+    """Batches of dataset positions (ShardTiles order): runs of batch_size within each shard,
+    the last of a shard shorter; no batch spans two shards."""
+    batches, start = [], 0
+    for _, keys in index.shards:
+        batches += [list(range(i, min(i + batch_size, start + len(keys))))
+                    for i in range(start, start + len(keys), batch_size)]  # fmt: skip
+        start += len(keys)
+    return batches
+
+
+def _embed_shard(model, batches: Iterator, n_batches: int, backbone: dict, device: str,
+                 precision: str, bar) -> tuple[list[str], np.ndarray]:  # fmt: skip
+    """(keys, float32 (n, D)) of one shard from its n_batches (keys, tiles, error) batches."""
     import contextlib
 
     import torch
@@ -249,10 +317,11 @@ def _embed_shard(model, path: Path, name: str, image_field: str, backbone: dict,
         if precision == "bf16"
         else contextlib.nullcontext()
     )
-    batches = _shard_batches(path, name, image_field, backbone["input_size"], backbone["mean"],
-                             backbone["std"], batch_size)  # fmt: skip
     with torch.inference_mode():
-        for batch_keys, batch in batches:
+        for _ in range(n_batches):
+            batch_keys, batch, error = next(batches)
+            if error is not None:
+                raise PgoError(error)
             with autocast:
                 out = model(batch.to(device, non_blocking=True))
             parts.append(out.float().cpu().numpy())
@@ -324,9 +393,11 @@ def embed_tiles(
     force: bool = False,
 ) -> TileResult:
     """Embed every image unit of the shard set (module docstring); returns what was done."""
+    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from hpc_pgo import hold
+    from hpc_pgo.data.tarindex import index_shards
 
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
@@ -337,12 +408,17 @@ def embed_tiles(
         )
     if options.batch_size < 1 or (options.input_size is not None and options.input_size < 1):
         raise PgoError("--batch-size and --input-size must be >= 1")
+    if options.workers is not None and options.workers < 0:
+        raise PgoError(f"--workers {options.workers}: valid: 0 (in-process) or more")
     if options.weights is not None and not Path(options.weights).is_file():
         raise PgoError(
             f"--weights {str(options.weights)!r}: no such file (expected a state dict saved by "
             "torch.save of the architecture's model)"
         )
     device, precision = _resolve_device(options)
+    workers = options.workers
+    if workers is None:
+        workers = DEFAULT_CUDA_WORKERS if device == "cuda" else 0
     held = hold.Hold.from_env("embed")
     size = image.get("size")
     tile_size = int(min(size)) if size else None
@@ -376,17 +452,28 @@ def embed_tiles(
     result = TileResult(record={})
     entries: list[dict] = []
     units = sum(int(s["samples"]) for s in manifest["shards"])
+    todo = [s for s in manifest["shards"] if s["name"] not in done]
+    index = index_shards(shard_dir, manifest, verify=False, names={s["name"] for s in todo})
+    plan = shard_batches(index, options.batch_size)
+    per_shard = {name: -(-len(keys) // options.batch_size) for name, keys in index.shards}
+    tiles = ShardTiles(shard_dir, index, image["format"], backbone["input_size"],
+                       backbone["mean"], backbone["std"])  # fmt: skip
+    # batches in plan order whatever the worker count (DataLoader takes batch b from worker
+    # b mod n in turn); the forward stays here
+    loader = DataLoader(tiles, batch_sampler=plan, num_workers=workers, collate_fn=collate_tiles,
+                        pin_memory=device == "cuda")  # fmt: skip
+    batches = iter(loader) if plan else iter(())  # no workers started for nothing to do
     start = time.perf_counter()
     with tqdm(total=units, unit="tile", disable=not progress, desc="embed-tiles") as bar:
-        for index, shard in enumerate(manifest["shards"], start=1):
+        for number, shard in enumerate(manifest["shards"], start=1):
             name = shard["name"]
             if name in done:
                 entries.append(done[name])
                 result.resumed.append(name)
                 bar.update(int(shard["samples"]))
                 continue
-            keys, feats = _embed_shard(model, shard_dir / name, name, image["format"], backbone,
-                                       device, precision, options.batch_size, bar)  # fmt: skip
+            keys, feats = _embed_shard(model, batches, per_shard[name], backbone, device,
+                                       precision, bar)  # fmt: skip
             if len(keys) != int(shard["samples"]):
                 raise PgoError(
                     f"shard {name}: {len(keys)} samples, {MANIFEST} says {shard['samples']}; "
@@ -398,7 +485,8 @@ def embed_tiles(
             result.units_computed += len(keys)
             log.info("%s: embedded %d units of %s", shard_dir, len(keys), name)
             if held is not None:
-                held.at(index)
+                held.at(number)
+    del batches  # shuts the workers down
     result.seconds = time.perf_counter() - start
     record = {
         "dir": DIRECTORY,
@@ -430,6 +518,7 @@ def cmd_embed_tiles(args) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         device=args.device,
+        workers=args.workers,
     )
     result = embed_tiles(args.dir, options, progress=not args.no_progress, force=args.force)
     r = result.record
@@ -448,6 +537,18 @@ def cmd_embed_tiles(args) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: valid: an integer >= 0 (0: in-process)")
+    return value
+
+
 def add_embed_tiles_parser(sub) -> None:
     """Register `embed-tiles` on pgo-shards' subparsers (without importing torch or timm)."""
     p = sub.add_parser(
@@ -455,7 +556,8 @@ def add_embed_tiles_parser(sub) -> None:
         help="a frozen image backbone over every tile once, stored beside the shards",
         description="Embed every image unit of a shard set with a frozen timm backbone "
         "(weights from a local file only), shard by shard; writes tile_features/*.npy and records "
-        "them in manifest.json (hpc_pgo/data/embed_tiles.py). Resumes an interrupted run; "
+        "them in manifest.json (hpc_pgo/data/embed_tiles.py). Tiles are decoded in --workers "
+        "processes, in tar order; the model runs in this one. Resumes an interrupted run; "
         "re-running with the same inputs does nothing.",
     )
     p.add_argument("dir", help="shard set directory (built by pgo-shards build, with images)")
@@ -478,6 +580,13 @@ def add_embed_tiles_parser(sub) -> None:
         help="auto: bf16 on GPU, fp32 on CPU",
     )
     p.add_argument("--device", choices=DEVICE_NAMES, help="default cuda when available, else cpu")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help=f"DataLoader processes that read, decode and resize the tiles (default "
+        f"{DEFAULT_CUDA_WORKERS} on cuda, else 0: in-process); the features do not depend on it",
+    )
     p.add_argument("--force", action="store_true", help="recompute even when up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed_tiles)

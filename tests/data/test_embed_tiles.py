@@ -1,7 +1,8 @@
 """`pgo-shards embed-tiles` (hpc_pgo.data.embed_tiles) with a real timm backbone (resnet10t)
 over a real demo shard set (3 shards of 12 ROIs) and a synthetic slide cohort: features equal an
 independent recomputation, keys are the tar's, byte-identical reruns, resume after SIGKILL at a
-known shard, idempotence, bad weights, damaged side-cars seen by verify and the reader."""
+known shard, idempotence, bad weights, damaged side-cars seen by verify and the reader, and the
+same bytes whether DataLoader workers or the calling process prepare the tiles."""
 
 from __future__ import annotations
 
@@ -207,6 +208,22 @@ def test_same_inputs_give_the_same_bytes_and_other_weights_another_digest(shard_
     assert report.ok, report.problems
 
 
+def test_worker_processes_give_the_same_bytes_and_digest(shard_set, weights, tmp_path):
+    # batch 5: three batches per 12-sample shard (5, 5, 2), dealt to the two workers in turn
+    twin = tmp_path / "twin"
+    shutil.copytree(shard_set, twin)
+    inline = embed_tiles(shard_set, TileOptions(ARCH, weights["a"], batch_size=5, workers=0),
+                         progress=False).record  # fmt: skip
+    pooled = embed_tiles(twin, TileOptions(ARCH, weights["a"], batch_size=5, workers=2),
+                         progress=False).record  # fmt: skip
+    assert pooled == inline  # digest and recipe: no worker count in them
+    assert side_car_bytes(twin) == side_car_bytes(shard_set)
+    assert (twin / "manifest.json").read_bytes() == (shard_set / "manifest.json").read_bytes()
+    for stem in SHARDS:
+        keys = np.load(set_dir(twin) / f"{stem}.keys.npy").tolist()
+        assert keys == tar_keys(twin / f"{stem}.tar")
+
+
 # --------------------------------------------------------------------------- resume
 
 
@@ -319,9 +336,9 @@ def test_a_rerun_computes_nothing_and_force_recomputes(shard_set, weights, capsy
     assert "up to date" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in set_dir(shard_set).iterdir()}
     assert (shard_set / "manifest.json").read_bytes() == manifest
-    assert main([*args, "--force"]) == 0
+    assert main([*args, "--force", "--workers", "2"]) == 0
     assert "computed 3 of 3 shards" in capsys.readouterr().out
-    assert side_car_bytes(shard_set) == files  # recomputed, the same bytes
+    assert side_car_bytes(shard_set) == files  # recomputed in 2 worker processes, the same bytes
     # a damaged file of a recorded set is recomputed, not trusted
     (set_dir(shard_set) / "shard-000002.npy").unlink()
     result = embed_tiles(shard_set, TileOptions(ARCH, weights["a"]), progress=False)
@@ -354,9 +371,19 @@ def test_bad_weights_are_refused_in_one_line_and_nothing_is_written(shard_set, w
     run = run_cli("embed-tiles", str(shard_set), "--arch", ARCH, "--device", "tpu")
     assert run.returncode == 2 and "choose from 'cpu', 'cuda'" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+    for value in ("-1", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["embed-tiles", str(shard_set), "--arch", ARCH, "--workers", value])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and "\n" not in err, err
+        assert f"argument --workers: {value!r}: valid: an integer >= 0" in err, err
+    with pytest.raises(PgoError, match="--workers -1: valid: 0"):
+        embed_tiles(shard_set, TileOptions(ARCH, weights["a"], workers=-1), progress=False)
+    assert not (shard_set / "tile_features").exists()
 
 
-def test_a_sample_that_does_not_decode_names_shard_and_key(shard_set, weights):
+@pytest.mark.parametrize("workers", [0, 2])  # in-process, and from a DataLoader worker
+def test_a_sample_that_does_not_decode_names_shard_and_key(shard_set, weights, workers):
     path = shard_set / "shard-000001.tar"
     with tarfile.open(path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -368,9 +395,10 @@ def test_a_sample_that_does_not_decode_names_shard_and_key(shard_set, weights):
             tar.addfile(member, io.BytesIO(data))
     manifest = (shard_set / "manifest.json").read_bytes()
     with pytest.raises(PgoError) as err:
-        embed_tiles(shard_set, TileOptions(ARCH, weights["a"]), progress=False)
+        embed_tiles(shard_set, TileOptions(ARCH, weights["a"], workers=workers), progress=False)
     key = broken.split(".", 1)[0]
-    assert f"shard shard-000001.tar: sample {key!r}" in str(err.value)
+    assert str(err.value).startswith(f"shard shard-000001.tar: sample {key!r}: its png does not")
+    assert "\n" not in str(err.value)  # one line, no worker traceback
     assert (shard_set / "manifest.json").read_bytes() == manifest
     assert not list((shard_set / "tile_features").rglob("shard-000001.npy"))
 
