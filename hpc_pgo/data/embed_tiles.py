@@ -464,12 +464,14 @@ def embed_tiles(
                         pin_memory=device == "cuda")  # fmt: skip
     batches = iter(loader) if plan else iter(())  # no workers started for nothing to do
     start = time.perf_counter()
+    spread = FeatureSpread()
     with tqdm(total=units, unit="tile", disable=not progress, desc="embed-tiles") as bar:
         for number, shard in enumerate(manifest["shards"], start=1):
             name = shard["name"]
             if name in done:
                 entries.append(done[name])
                 result.resumed.append(name)
+                spread.add(np.load(shard_dir / done[name]["features"]["file"], mmap_mode="r"))
                 bar.update(int(shard["samples"]))
                 continue
             keys, feats = _embed_shard(model, batches, per_shard[name], backbone, device,
@@ -479,6 +481,7 @@ def embed_tiles(
                     f"shard {name}: {len(keys)} samples, {MANIFEST} says {shard['samples']}; "
                     "run pgo-shards verify"
                 )
+            spread.add(feats.astype(np.float16))
             entries.append(write_shard_features(shard_dir, name, keys, feats, set_folder(digest)))
             _write_progress(shard_dir, digest, entries)
             result.computed.append(name)
@@ -487,6 +490,17 @@ def embed_tiles(
             if held is not None:
                 held.at(number)
     del batches  # shuts the workers down
+    if units > 1 and not spread.varied:
+        import shutil
+
+        shutil.rmtree(shard_dir / DIRECTORY / set_folder(digest), ignore_errors=True)
+        (shard_dir / PROGRESS).unlink(missing_ok=True)
+        raise PgoError(
+            f"embed-tiles --arch {options.arch}: all {units} tiles got the same feature vector "
+            "(in float16), so a bag of them carries nothing; e.g. a randomly initialised network "
+            "whose activations vanish through its depth in eval mode (lcnet_050 does); nothing "
+            "recorded; valid: --weights of a trained backbone, or another --arch"
+        )
     result.seconds = time.perf_counter() - start
     record = {
         "dir": DIRECTORY,
@@ -504,6 +518,21 @@ def embed_tiles(
     _remove_other_sets(shard_dir, record)
     result.record = record
     return result
+
+
+class FeatureSpread:
+    """Whether any stored tile feature differs from the first one (add() shard by shard)."""
+
+    def __init__(self) -> None:
+        self.first: np.ndarray | None = None
+        self.varied = False
+
+    def add(self, features: np.ndarray) -> None:
+        if self.varied or len(features) == 0:
+            return
+        if self.first is None:
+            self.first = np.array(features[0])
+        self.varied = bool((np.asarray(features) != self.first).any())
 
 
 # --------------------------------------------------------------------------- command line

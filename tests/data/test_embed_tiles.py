@@ -382,6 +382,14 @@ def test_bad_weights_are_refused_in_one_line_and_nothing_is_written(shard_set, w
     assert not (shard_set / "tile_features").exists()
 
 
+def test_a_backbone_that_gives_every_tile_one_feature_is_refused(shard_set):
+    manifest = (shard_set / "manifest.json").read_bytes()
+    with pytest.raises(PgoError, match="all 36 tiles got the same feature vector"):
+        embed_tiles(shard_set, TileOptions("lcnet_050"), progress=False)  # random init: all 0
+    assert (shard_set / "manifest.json").read_bytes() == manifest
+    assert not [p for p in (shard_set / "tile_features").rglob("*") if p.is_file()]
+
+
 @pytest.mark.parametrize("workers", [0, 2])  # in-process, and from a DataLoader worker
 def test_a_sample_that_does_not_decode_names_shard_and_key(shard_set, weights, workers):
     path = shard_set / "shard-000001.tar"
