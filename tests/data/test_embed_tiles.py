@@ -183,6 +183,26 @@ def test_features_equal_an_independent_recomputation(shard_set, weights, size):
     assert all(tiles.bag(p).shape == (3, 512) for p in tiles.patients)
 
 
+def test_bf16_autocast_is_its_own_recipe_and_agrees_with_fp32(shard_set, weights, tmp_path):
+    """--precision bf16 runs the backbone under torch.autocast(bfloat16) (the CUDA default; on
+    CPU the same call): another recipe and digest, features close to fp32's but not equal."""
+    twin = tmp_path / "bf16"
+    shutil.copytree(shard_set, twin)
+    fp32 = embed_tiles(shard_set, TileOptions(ARCH, weights["a"], precision="fp32"),
+                       progress=False).record  # fmt: skip
+    bf16 = embed_tiles(twin, TileOptions(ARCH, weights["a"], precision="bf16", device="cpu"),
+                       progress=False).record  # fmt: skip
+    assert (fp32["recipe"]["precision"], bf16["recipe"]["precision"]) == ("fp32", "bf16")
+    assert bf16["digest"] != fp32["digest"] and bf16["backbone"] == fp32["backbone"]
+    a = read_tile_features(shard_set, read_manifest(shard_set))
+    b = read_tile_features(twin, read_manifest(twin))
+    x = np.concatenate([a.bag(p) for p in a.patients])
+    y = np.concatenate([b.bag(p) for p in b.patients])
+    cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert not np.array_equal(x, y)  # bf16 arithmetic, not fp32 again
+    assert np.median(cosine) > 0.99 and cosine.min() > 0.95, (np.median(cosine), cosine.min())
+
+
 def test_same_inputs_give_the_same_bytes_and_other_weights_another_digest(shard_set, weights,
                                                                            tmp_path):  # fmt: skip
     twin = tmp_path / "twin"
