@@ -32,6 +32,23 @@ EXECUTION_KEYS = (
 UNUSED_ADDITIONS = (("encoder", "backbone", ("encoder", "bag")),)
 
 
+# Keys added to the whole config later, left out of config_digest while null (their value before
+# they existed): data.tile_features, the feature set a bag encoder trains on (filled at submit),
+# is null for every model that reads no bags, so those models' digests are what they were.
+UNUSED_NULL_KEYS = ("data.tile_features",)
+
+
+def drop_unused_nulls(tree: dict) -> None:
+    """Remove UNUSED_NULL_KEYS whose value is null from a whole config tree (a dict), in place."""
+    for key in UNUSED_NULL_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf, None) is None:
+            node.pop(leaf, None)
+
+
 def drop_unused_additions(model: dict) -> None:
     """Remove UNUSED_ADDITIONS from a model config tree (cfg.model as a dict), in place."""
     image = model.get("image") if isinstance(model, dict) else None
@@ -84,11 +101,13 @@ def config_digest(cfg: DictConfig, exclude: Iterable[str] = EXECUTION_KEYS) -> s
 
     Canonical form: JSON with sorted keys and no whitespace, so the digest does not depend on
     key order or formatting; 1 and 1.0 differ (an int and a float are different settings).
-    Model keys added later are left out while unused (UNUSED_ADDITIONS).
+    Model keys added later are left out while unused (UNUSED_ADDITIONS), other keys added later
+    while null (UNUSED_NULL_KEYS).
     """
     tree = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(tree, dict):
         drop_unused_additions(tree.get("model"))
+        drop_unused_nulls(tree)
     for key in exclude:
         *parents, leaf = key.split(".")
         node = tree

@@ -164,10 +164,43 @@ def check_rna_inputs(cfg: DictConfig, path: Path) -> None:
         )
 
 
+def fill_tile_features(cfg: DictConfig) -> None:
+    """The derived data.tile_features: the digest of the shard set's tile-feature side-car
+    (manifest.json tile_features.digest, written by `pgo-shards embed-tiles`) when the model's
+    image branch reads bags (model.image.encoder=mean|abmil), else null; a value given on the
+    command line is replaced. Being part of the config it enters config_digest, so the folds of
+    a run trained on one feature set are neither skipped as finished nor resumed once the
+    features changed (the run_dir refuses the other config, naming the key). A shard set with
+    no manifest or no side-car leaves it null: check_shards, or the fold, refuses it by name."""
+    bags = _reads_bags(cfg)
+    if not bags and OmegaConf.select(cfg, "data.tile_features", default=None) is None:
+        return  # null already (or a data file of its own without the key): left as it is
+    digest = None
+    if bags:
+        try:
+            manifest = json.loads((Path(str(cfg.data.shards)) / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        record = manifest.get("tile_features") if isinstance(manifest, dict) else None
+        digest = record.get("digest") if isinstance(record, dict) else None
+    OmegaConf.update(cfg, "data.tile_features", digest, force_add=True)
+
+
+def _reads_bags(cfg: DictConfig) -> bool:
+    """Whether cfg's model reads bags of tile features (an image branch with a bag encoder)."""
+    from hpc_pgo.config.registry import reads_bags
+
+    return "image" in cfg.model.modalities and reads_bags(
+        OmegaConf.select(cfg, "model.image.encoder")
+    )
+
+
 def _finish_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """Absolute shard path (jobs may start elsewhere) and the run's directory, set in cfg."""
+    """Absolute shard path (jobs may start elsewhere), the run's directory and the feature set
+    of a bag encoder (fill_tile_features), set in cfg."""
     cfg.data.shards = str(Path(str(cfg.data.shards)).resolve())
     cfg.run_dir = str(run_dir)
+    fill_tile_features(cfg)
     return cfg
 
 

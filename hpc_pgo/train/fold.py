@@ -37,7 +37,8 @@ The loop, per epoch e: ``make_loader(split="train", epoch=e, rank, world_size)``
 fixed by (seed, epoch, rank, world size, batch size)), ``Engine.train_step`` per batch. With a
 bag encoder (model.image.encoder=mean|abmil) the loader is ``make_bag_loader`` instead: one
 sample per patient, its bag of frozen tile features from the shard set's side-car
-(hpc_pgo.data.bags; train.batch_size counts patients); the rest of the fold is the same. Before
+(hpc_pgo.data.bags; train.batch_size counts patients), refused when it is another feature set
+than data.tile_features names (check_feature_set); the rest of the fold is the same. Before
 every step the torch RNG is seeded from (seed, fold, step, rank), so dropout masks depend on the
 step, not on the history of the process: a run resumed from a checkpoint at (epoch, batch) skips
 the batches already done and continues bit for bit as the uninterrupted run would. The loop
@@ -165,7 +166,8 @@ class FoldInputs:
     @classmethod
     def open(cls, cfg: DictConfig, fold: int) -> FoldInputs:
         """Open fold `fold` of cfg.data.shards, build the model, and refuse a shard set that
-        lacks a field the model reads (PgoError naming it)."""
+        lacks a field the model reads (PgoError naming it); with a bag encoder also tile features
+        other than those of data.tile_features (check_feature_set)."""
         from hpc_pgo.data.folds import open_fold
         from hpc_pgo.models import build_model
 
@@ -188,6 +190,7 @@ class FoldInputs:
             from hpc_pgo.data.tile_features import read_tile_features
 
             features = read_tile_features(data.shard_dir, data.manifest, verify=False)
+            check_feature_set(cfg, data.shard_dir, features.record)
             feature_dims[str(bag.field)] = features.dim
         image_size = int(cfg.data.image_size) if uses_image and not bags else None
         torch.manual_seed(int(cfg.seed) + fold)  # identical initial weights on every rank
@@ -204,6 +207,30 @@ class FoldInputs:
             bag_field=str(bag.field) if bags else None,
             max_tiles=int(bag.max_tiles) if bags else None,
         )
+
+
+def check_feature_set(cfg: DictConfig, shard_dir: Path, record: dict) -> None:
+    """Refuse tile features other than those the config was submitted for.
+
+    cfg.data.tile_features is the digest of the shard set's feature set that the launcher read
+    at submit (hpc_pgo.launch.submission.fill_tile_features); record is the side-car's current
+    manifest record. Another digest there means `pgo-shards embed-tiles` recomputed the features
+    since: PgoError naming the shard set and both digests. Null (a fold run directly, `python -m
+    hpc_pgo.train` or train_fold from a test, with a config that never went through submit):
+    the current features are accepted.
+    """
+    wanted = OmegaConf.select(cfg, "data.tile_features", default=None)
+    current = str(record.get("digest"))
+    if wanted is None or str(wanted) == current:
+        return
+    raise PgoError(
+        f"shard set {shard_dir}: its tile features are feature set {current[:12]} (manifest.json "
+        f"tile_features.digest) but this config was submitted for {str(wanted)[:12]} "
+        "(data.tile_features): `pgo-shards embed-tiles` recomputed them since; valid: resubmit "
+        "the run (the launcher fills data.tile_features with the current digest; the run_dir "
+        "then refuses the other config unless force=true, which retrains its folds), or "
+        "data.tile_features=null to train on the current features"
+    )
 
 
 @dataclass(frozen=True)
