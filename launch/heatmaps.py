@@ -29,20 +29,18 @@ one line each); 2 bad input, nothing written: no attention.csv in the whole run,
 INCOMPLETE = 3  # drawn, but some fold had no attention.csv
 
 
-def folds_arg(text: str) -> list[int]:
-    """'0,3' or '0-2,5' -> [0, 3] / [0, 1, 2, 5]."""
-    folds: list[int] = []
+def folds_arg(text: str) -> list[int] | None:
+    """'0,3' or '0-2,5' -> [0, 3] / [0, 1, 2, 5] (hpc_pgo.config.folds, as submit.py's folds=);
+    'all' -> None, every fold with an attention.csv."""
+    from hpc_pgo.config.folds import fold_selection
+    from hpc_pgo.errors import PgoError
+
+    if text.strip().lower() == "all":
+        return None
     try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            folds.extend(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected fold numbers like 0,3 or 0-4"
-        ) from None
-    if not folds or min(folds) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected fold numbers >= 0 like 0,3 or 0-4")
-    return sorted(set(folds))
+        return fold_selection(text)
+    except PgoError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

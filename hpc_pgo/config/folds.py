@@ -28,7 +28,7 @@ def parse_folds(spec: str | int | Sequence[int] | None, n_splits: int) -> list[i
         raise PgoError(f"n_splits={n_splits!r} is invalid; valid: an integer >= 1")
     if isinstance(spec, str) and "".join(spec.split()).lower() == "all":
         return list(range(n_splits))
-    folds = sorted(set(_fold_items(spec)))
+    folds = fold_selection(spec)
     outside = [k for k in folds if k >= n_splits]
     if outside:
         noun = "fold" if len(outside) == 1 else "folds"
@@ -37,6 +37,13 @@ def parse_folds(spec: str | int | Sequence[int] | None, n_splits: int) -> list[i
             f"splits (valid {format_folds(range(n_splits))})"
         )
     return folds
+
+
+def fold_selection(spec: str | int | Sequence[int] | None) -> list[int]:
+    """The folds a selection names ("a-b", "i,j", mixtures, an int, a sequence; not "all"),
+    sorted without repeats, NOT checked against a number of splits (a run directory's folds are
+    checked where they are read). PgoError as parse_folds for a malformed selection."""
+    return sorted(set(_fold_items(spec)))
 
 
 def format_folds(folds: Iterable[int]) -> str:

@@ -58,13 +58,14 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from hpc_pgo.data.epochs import EpochPlan, stream_seed
-from hpc_pgo.data.folds import FoldData, check_split, open_fold
+from hpc_pgo.data.folds import FoldData
 from hpc_pgo.data.loader import (
     FoldLoader,
     FoldPipeline,
     batch_numbers,
     embedding_table,
     keep_collated,
+    open_pass,
     positive_int,
 )
 from hpc_pgo.data.patients import check_groups, patient_vectors
@@ -314,22 +315,13 @@ def make_bag_loader(
     except: no image_size (bags carry features); shuffle_buffer is accepted and unused (patients
     are permuted whole); field: the batch key of the bags; max_tiles: the train bags' cap (None:
     every tile). verify: check the side-car's sha256 against the manifest."""
-    data = open_fold(shard_dir, fold, holdout)
-    check_split(split)
-    if split == "val" and not data.val:
-        raise PgoError(
-            "split 'val' serves the validation patients, and none were given; valid: "
-            "make_bag_loader(..., holdout=<train patients held out>) or split 'train' / 'test'"
-        )
-    for name, value, minimum in (
-        ("batch_size", batch_size, 1), ("world_size", world_size, 1), ("epoch", epoch, 0),
-        ("seed", seed, 0), ("num_workers", num_workers, 0), ("shuffle_buffer", shuffle_buffer, 1),
-    ):  # fmt: skip
-        positive_int(name, value, minimum)
+    data = open_pass(
+        shard_dir, fold, split, holdout, maker="make_bag_loader", batch_size=batch_size,
+        world_size=world_size, epoch=epoch, seed=seed, num_workers=num_workers,
+        shuffle_buffer=shuffle_buffer, rank=rank,
+    )  # fmt: skip
     if max_tiles is not None:
         positive_int("max_tiles", max_tiles, 1)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise PgoError(f"rank = {rank!r}; valid: 0..{world_size - 1} for world_size {world_size}")
     check_groups(data.manifest, list(groups), data.shard_dir)
     if standardizer is not None:
         check_standardizer(standardizer, data, list(groups))
@@ -353,5 +345,7 @@ def make_bag_loader(
         "fold %d %s rank %d/%d epoch %d: %d batches of patients, %d patients",
         fold, split, rank, world_size, epoch, len(plan.batches), len(plan.patients),
     )  # fmt: skip
-    loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=keep_collated)
+    loader = DataLoader(
+        pipeline, batch_size=None, num_workers=num_workers, collate_fn=keep_collated
+    )
     return FoldLoader(loader, plan.as_epoch_plan())

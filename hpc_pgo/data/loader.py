@@ -134,6 +134,36 @@ def positive_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def open_pass(
+    shard_dir: Path | str,
+    fold: int,
+    split: str,
+    holdout: Sequence[str],
+    *,
+    maker: str,
+    rank: object,
+    **counts: object,
+) -> FoldData:
+    """The fold of one loader pass (open_fold), after checking what every loader of the project
+    takes alike (make_loader, hpc_pgo.data.bags.make_bag_loader; `maker` names it in the
+    errors): the split, a val split only with held-out patients, batch_size / world_size /
+    shuffle_buffer >= 1, epoch / seed / num_workers >= 0, 0 <= rank < world_size."""
+    data = open_fold(shard_dir, fold, holdout)
+    check_split(split)
+    if split == "val" and not data.val:
+        raise PgoError(
+            "split 'val' serves the validation patients, and none were given; valid: "
+            f"{maker}(..., holdout=<train patients held out>) or split 'train' / 'test'"
+        )
+    minimum = {"batch_size": 1, "world_size": 1, "shuffle_buffer": 1}
+    for name, value in counts.items():
+        positive_int(name, value, minimum.get(name, 0))
+    world_size = counts["world_size"]
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise PgoError(f"rank = {rank!r}; valid: 0..{world_size - 1} for world_size {world_size}")
+    return data
+
+
 def unit_spec(
     data: FoldData,
     split: str,
@@ -204,21 +234,11 @@ def make_loader(
     "train" then serves the others (the standardizer must be fitted on those), "val" serves them
     as "test" serves its patients; empty (the default): no validation split.
     """
-    data = open_fold(shard_dir, fold, holdout)
-    check_split(split)
-    if split == "val" and not data.val:
-        raise PgoError(
-            "split 'val' serves the validation patients, and none were given; valid: "
-            "make_loader(..., holdout=<train patients held out>) or split 'train' / 'test'"
-        )
-    positive_int("batch_size", batch_size, 1)
-    positive_int("world_size", world_size, 1)
-    positive_int("epoch", epoch, 0)
-    positive_int("seed", seed, 0)
-    positive_int("num_workers", num_workers, 0)
-    positive_int("shuffle_buffer", shuffle_buffer, 1)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise PgoError(f"rank = {rank!r}; valid: 0..{world_size - 1} for world_size {world_size}")
+    data = open_pass(
+        shard_dir, fold, split, holdout, maker="make_loader", batch_size=batch_size,
+        world_size=world_size, epoch=epoch, seed=seed, num_workers=num_workers,
+        shuffle_buffer=shuffle_buffer, rank=rank,
+    )  # fmt: skip
     spec = unit_spec(
         data, "test" if split == "val" else split, groups=list(groups), image_size=image_size,
         seed=seed, epoch=epoch,
@@ -257,7 +277,9 @@ def make_loader(
         len(plan.batches),
         len(plan.keys),
     )
-    loader = DataLoader(pipeline, batch_size=None, num_workers=num_workers, collate_fn=keep_collated)
+    loader = DataLoader(
+        pipeline, batch_size=None, num_workers=num_workers, collate_fn=keep_collated
+    )
     return FoldLoader(loader, plan)
 
 

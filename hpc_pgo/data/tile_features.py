@@ -204,10 +204,52 @@ def _check_file(shard_dir: Path, ref: Mapping, *, verify: bool) -> Path:
     return path
 
 
+class _OpenedSets:
+    """The side-cars this process opened: (shard dir, record, the recorded files' (size,
+    mtime_ns, inode)) -> (TileFeatures, verified). A fold makes a loader per epoch and per test
+    pass; each reads the side-car through here, so its sha256 and finite-value checks (a full
+    read: GBs at lab scale) run once per process and file version, not once per epoch. A file
+    replaced or edited since has another stat and is read and checked again. Keeps `keep`."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.entries: dict[tuple, tuple[TileFeatures, bool]] = {}
+
+    def get(self, key: tuple, verify: bool) -> TileFeatures | None:
+        hit = self.entries.get(key)
+        return hit[0] if hit is not None and (hit[1] or not verify) else None
+
+    def put(self, key: tuple, features: TileFeatures, verified: bool) -> None:
+        self.entries.pop(key, None)
+        self.entries[key] = (features, verified)
+        while len(self.entries) > self.keep:
+            del self.entries[next(iter(self.entries))]
+
+
+_OPENED = _OpenedSets()
+
+
+def _file_stats(shard_dir: Path, record: Mapping) -> tuple | None:
+    """(file, size, mtime_ns, inode) of every file the record names; None when one is absent
+    (then nothing is cached: the full read names the problem)."""
+    stats = []
+    for entry in record.get("shards", []):
+        for ref in (entry.get("features", {}), entry.get("keys", {})):
+            try:
+                st = (shard_dir / str(ref.get("file", ""))).stat()
+            except OSError:
+                return None
+            stats.append((ref.get("file"), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stats)
+
+
 def read_tile_features(
     shard_dir: Path | str, manifest: Mapping, *, verify: bool = True
 ) -> TileFeatures:
-    """The side-car recorded in `manifest`, checked (module docstring); features memory-mapped."""
+    """The side-car recorded in `manifest`, checked (module docstring); features memory-mapped.
+    verify: sha256 and finite values, once per process and file version (_OpenedSets)."""
+    import json
+
     shard_dir = Path(shard_dir)
     record = manifest.get(RECORD_KEY)
     if not record:
@@ -215,6 +257,25 @@ def read_tile_features(
             f"{shard_dir / MANIFEST}: no tile features recorded; run `pgo-shards embed-tiles "
             f"{shard_dir} --arch ...` first"
         )
+    stats = _file_stats(shard_dir, record)
+    key = None
+    if stats is not None:
+        identity = json.dumps([record, manifest["shards"], sorted(manifest["patients"])],
+                              sort_keys=True)  # fmt: skip
+        key = (str(shard_dir.resolve()), identity, stats)
+        cached = _OPENED.get(key, verify)
+        if cached is not None:
+            return cached
+    features = _open_tile_features(shard_dir, manifest, record, verify=verify)
+    if key is not None:
+        _OPENED.put(key, features, verify)
+    return features
+
+
+def _open_tile_features(
+    shard_dir: Path, manifest: Mapping, record: Mapping, *, verify: bool
+) -> TileFeatures:
+    """read_tile_features without the cache: every file checked and memory-mapped."""
     dim = int(record["dim"])
     by_shard = {e.get("shard"): e for e in record.get("shards", [])}
     patients = manifest["patients"]

@@ -6,6 +6,7 @@ same bytes whether DataLoader workers or the calling process prepare the tiles."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from hpc_pgo.data.build import build_cohort
 from hpc_pgo.data.cli import main
 from hpc_pgo.data.demo import write_demo_cohort
 from hpc_pgo.data.embed_tiles import PROGRESS, TileOptions, embed_tiles
+from hpc_pgo.data.members import sha256_file
 from hpc_pgo.data.shards import read_manifest, verify, write_manifest
 from hpc_pgo.data.tile_features import (
     backbone_digest,
@@ -219,10 +222,9 @@ def test_same_inputs_give_the_same_bytes_and_other_weights_another_digest(shard_
         set_dir(shard_set) / "shard-000000.npy"
     ).read_bytes()
     # the keys do not depend on the weights
-    assert (
-        (set_dir(twin) / "shard-000000.keys.npy").read_bytes()
-        == (set_dir(shard_set) / "shard-000000.keys.npy").read_bytes()
-    )
+    assert (set_dir(twin) / "shard-000000.keys.npy").read_bytes() == (
+        set_dir(shard_set) / "shard-000000.keys.npy"
+    ).read_bytes()
     # the tars are untouched: verify passes, and checks the side-car too
     report = verify(twin)
     assert report.ok, report.problems
@@ -247,6 +249,22 @@ def test_worker_processes_give_the_same_bytes_and_digest(shard_set, weights, tmp
 # --------------------------------------------------------------------------- resume
 
 
+@contextlib.contextmanager
+def held_embed(args: list[str], held: Path, *, shard: int) -> Iterator[subprocess.Popen]:
+    """`pgo-shards <args>` in a fresh interpreter, yielded once it holds after shard `shard`
+    (hold point embed); killed at the end if the test left it running."""
+    env = {**os.environ, hold.ENV: hold.spec("embed", shard, held), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_pgo.data", *args], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        hold.wait_held(held, timeout_s=120, running=lambda: proc.poll() is None)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow  # a fresh interpreter (torch, timm)
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_a_run_killed_after_a_shard_resumes_with_the_rest(
@@ -256,14 +274,9 @@ def test_a_run_killed_after_a_shard_resumes_with_the_rest(
     shutil.copytree(shard_set, whole)
     embed_tiles(whole, TileOptions(ARCH, weights["a"]), progress=False)
     manifest_before = (shard_set / "manifest.json").read_bytes()
-    held = tmp_path / "held"
-    env = {**os.environ, hold.ENV: hold.spec("embed", 1, held), "OMP_NUM_THREADS": "1"}
     args = ["embed-tiles", str(shard_set), "--arch", ARCH, "--weights", str(weights["a"]),
             "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_pgo.data", *args], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        hold.wait_held(held, timeout_s=120, running=lambda: proc.poll() is None)
+    with held_embed(args, tmp_path / "held", shard=1) as proc:
         # held after the first shard: its pair and the progress written, nothing else
         progress = json.loads((shard_set / PROGRESS).read_text())
         assert [e["shard"] for e in progress["shards"]] == ["shard-000000.tar"]
@@ -276,10 +289,6 @@ def test_a_run_killed_after_a_shard_resumes_with_the_rest(
         # SIGTERM: pgo-shards exits 128 + 15 (cli._exit_on_sigterm); SIGKILL: killed
         expected = 128 + signum if signum == signal.SIGTERM else -signum
         assert proc.wait(timeout=60) == expected, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert (shard_set / "manifest.json").read_bytes() == manifest_before  # nothing recorded yet
     assert not [p.name for p in shard_set.rglob(".*.tmp")]  # no half-written file
     assert main(args) == 0
@@ -300,13 +309,9 @@ def test_a_recompute_with_other_weights_leaves_the_recorded_set_whole_until_it_e
     old_bags = {p: old.bag(p) for p in old.patients}
     old_dir = set_dir(shard_set)
     held = tmp_path / "held"
-    env = {**os.environ, hold.ENV: hold.spec("embed", 2, held), "OMP_NUM_THREADS": "1"}
     args = ["embed-tiles", str(shard_set), "--arch", ARCH, "--weights", str(weights["b"]),
             "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_pgo.data", *args], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        hold.wait_held(held, timeout_s=120, running=lambda: proc.poll() is None)
+    with held_embed(args, held, shard=2) as proc:
         # two of three shards of weights b written: the recorded set (weights a) still reads
         # whole, with sha256 checks, and gives the same features
         assert read_manifest(shard_set) == manifest
@@ -316,10 +321,6 @@ def test_a_recompute_with_other_weights_leaves_the_recorded_set_whole_until_it_e
         assert verify(shard_set).ok
         hold.release(held)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     new = read_manifest(shard_set)["tile_features"]
     assert (
         new["digest"] != manifest["tile_features"]["digest"]
@@ -400,6 +401,29 @@ def test_bad_weights_are_refused_in_one_line_and_nothing_is_written(shard_set, w
     with pytest.raises(PgoError, match="--workers -1: valid: 0"):
         embed_tiles(shard_set, TileOptions(ARCH, weights["a"], workers=-1), progress=False)
     assert not (shard_set / "tile_features").exists()
+
+
+def test_the_reader_checks_a_feature_set_once_per_process_and_file_version(
+    shard_set, weights, monkeypatch
+):
+    """A fold opens a loader per epoch: the side-car's sha256 is read once, not every epoch,
+    and a file changed since is checked again."""
+    import hpc_pgo.data.tile_features as tf
+
+    embed_tiles(shard_set, TileOptions(ARCH, weights["a"]), progress=False)
+    hashed: list[Path] = []
+    monkeypatch.setattr(tf, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    manifest = read_manifest(shard_set)
+    first = read_tile_features(shard_set, manifest)
+    assert len(hashed) == 6  # 3 shards x (features, keys)
+    again = read_tile_features(shard_set, manifest)
+    assert again is first and len(hashed) == 6  # the same files: not hashed again
+    damaged = set_dir(shard_set) / "shard-000001.npy"
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0xFF
+    damaged.write_bytes(bytes(data))  # same size, another mtime
+    with pytest.raises(PgoError, match=str(damaged)):
+        read_tile_features(shard_set, manifest)
 
 
 def test_a_backbone_that_gives_every_tile_one_feature_is_refused(shard_set):
